@@ -1,0 +1,79 @@
+"""What the agent and the ledger hand to their exporters: plain frozen values, base units.
+
+The agent and the ledger refresh a snapshot after each collection or write; the collectors in
+this package turn the latest snapshot into metric families at scrape time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class DeviceSample:
+    """One accelerator as the agent last saw it."""
+
+    uuid: str
+    model: str | None  # catalogue id; None for an accelerator the catalogue does not know
+    pci_device_id: str  # "0x2330"
+    name: str
+    driver_version: str
+    state: str  # ok | lost | unsupported | ...
+    tpp: float | None
+    eccn_class: str | None
+
+
+@dataclass(frozen=True)
+class AgentSnapshot:
+    """The agent's state after its latest collection and report attempt."""
+
+    node_id: str
+    site_id: str
+    agent_version: str
+    nvml_up: bool
+    devices: tuple[DeviceSample, ...] = ()
+    node_tpp: float = 0.0
+    node_h100e: float = 0.0
+    collect_duration_seconds: float = 0.0
+    last_report_success_timestamp_seconds: float | None = None
+    report_failures_total: int = 0
+    spool_reports: int = 0
+
+
+@dataclass(frozen=True)
+class CapSample:
+    """One check of the engine: a cap (limit_tpp set) or a share rule (limit_tpp None)."""
+
+    rule: str
+    scope: str
+    used_tpp: float
+    headroom_tpp: float
+    breached: bool
+    limit_tpp: float | None = None
+
+
+@dataclass(frozen=True)
+class SiteSample:
+    """Counted TPP installed at one site."""
+
+    site: str
+    entity: str
+    country: str
+    tier: str  # "1" | "2" | "3"
+    tpp: float
+
+
+@dataclass(frozen=True)
+class LedgerSnapshot:
+    """The ledger's projections, refreshed after each write (never per scrape)."""
+
+    ruleset_id: str
+    ruleset_status: str
+    caps: tuple[CapSample, ...] = ()
+    sites: tuple[SiteSample, ...] = ()
+    nodes: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (site, fresh|stale) -> n
+    findings: Mapping[str, int] = field(default_factory=dict)  # reconciliation kind -> n
+    reports_total: Mapping[str, int] = field(default_factory=dict)  # accepted|duplicate|rejected
+    auth_refusals_total: Mapping[str, int] = field(default_factory=dict)  # reason -> n
+    eventlog_rows: int = 0

@@ -1,0 +1,5 @@
+"""`python -m gpucap` runs the command line."""
+
+from gpucap.cli import main
+
+raise SystemExit(main())
