@@ -1,0 +1,388 @@
+"""The cap engine: a pure function of (fleet, rule pack, date) to checks and per-site totals.
+
+Each rule kind has one function here. Headroom is in TPP and may be negative:
+  cap            limit - used
+  maximum share  (s*T - X) / (1 - s)   TPP that can still be added in that country
+  minimum share  R/m - T               TPP that can still be added outside the region
+where T is the entity's installed base, X its base in the country and R its base in the region.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import date
+from fractions import Fraction
+from typing import Any, Literal
+
+from gpucap.core.errors import InputError
+from gpucap.core.fleet import Entity, Fleet, Line, Site
+from gpucap.core.ruleset import (
+    ConsigneeAnnual,
+    CountryAllocation,
+    MaxSharePerCountry,
+    MinShareInRegion,
+    NveuInstalledBase,
+    Prohibition,
+    Provenance,
+    Rule,
+    RulePack,
+)
+
+Status = Literal["ok", "breach"]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One rule applied to one scope. Caps set `limit_tpp`; share rules set the share fields."""
+
+    rule: str
+    kind: str
+    scope: str
+    status: Status
+    used_tpp: Fraction
+    headroom_tpp: Fraction
+    provenance: Provenance
+    limit_tpp: Fraction | None = None
+    share: Fraction | None = None
+    limit_share: Fraction | None = None
+    total_tpp: Fraction | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class SiteTotal:
+    """What a site holds on the date: counted (controlled-class) TPP and devices, and the rest."""
+
+    id: str
+    entity: str
+    country: str
+    treated_as: str | None
+    tier: int
+    installed_tpp: Fraction
+    counted_devices: int
+    other_devices: int
+
+
+@dataclass(frozen=True)
+class RulesetState:
+    """The pack applied and its legal status on the date."""
+
+    id: str
+    version: str
+    title: str
+    citation: str
+    status: str
+    status_since: date | None
+    in_force: bool
+    warnings: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The engine's answer; `h100e_tpp` converts TPP figures to H100-equivalents."""
+
+    ruleset: RulesetState
+    as_of: date
+    h100e_tpp: Fraction
+    checks: tuple[Check, ...]
+    sites: tuple[SiteTotal, ...]
+
+    @property
+    def verdict(self) -> Status:
+        return "breach" if any(c.status == "breach" for c in self.checks) else "ok"
+
+
+class _Context:
+    """Indexes of the fleet on one date, shared by the rule functions."""
+
+    def __init__(self, fleet: Fleet, pack: RulePack, as_of: date) -> None:
+        self.fleet, self.pack, self.as_of = fleet, pack, as_of
+        self.entities = {e.id: e for e in fleet.entities}
+        self.sites = {s.id: s for s in fleet.sites}
+        self.country = {s.id: pack.tiers.resolve(s.country) for s in fleet.sites}
+        self.tier = {s.id: pack.tiers.tier(s.country, as_of) for s in fleet.sites}
+        # Counted lines: a controlled class, installed on or before the date.
+        self.counted = [
+            ln
+            for ln in fleet.lines
+            if ln.installed <= as_of and ln.eccn_class in pack.counted_classes
+        ]
+        self.active_by_site: dict[str, Fraction] = defaultdict(Fraction)
+        self.counted_by_country: dict[str, list[Line]] = defaultdict(list)
+        for ln in self.counted:
+            self.counted_by_country[self.country[ln.site]].append(ln)
+            if ln.removed is None or ln.removed > as_of:
+                self.active_by_site[ln.site] += ln.tpp
+        self.sites_by_entity: dict[str, list[Site]] = defaultdict(list)
+        self.sites_by_country: dict[str, list[Site]] = defaultdict(list)
+        for site in fleet.sites:
+            self.sites_by_entity[site.entity].append(site)
+            self.sites_by_country[self.country[site.id]].append(site)
+
+    def entity_of(self, site: str) -> Entity:
+        return self.entities[self.sites[site].entity]
+
+    def sites_of(self, entity: str) -> list[Site]:
+        return self.sites_by_entity.get(entity, [])
+
+    def countries_with_sites(self, tier: int) -> list[str]:
+        return sorted({self.country[s.id] for s in self.fleet.sites if self.tier[s.id] == tier})
+
+    def active_tpp(self, sites: Iterable[Site]) -> Fraction:
+        return sum((self.active_by_site[s.id] for s in sites), Fraction(0))
+
+
+def _cap(
+    rule: Rule, kind: str, scope: str, used: Fraction, limit: Fraction, note: str | None = None
+) -> Check:
+    return Check(
+        rule=rule.id,
+        kind=kind,
+        scope=scope,
+        status="breach" if used > limit else "ok",
+        used_tpp=used,
+        headroom_tpp=limit - used,
+        provenance=rule.provenance,
+        limit_tpp=limit,
+        note=note,
+    )
+
+
+def _country_allocation(rule: CountryAllocation, ctx: _Context) -> list[Check]:
+    checks = []
+    for country in ctx.countries_with_sites(rule.tier):
+        used = Fraction(0)
+        for ln in ctx.counted_by_country.get(country, ()):
+            if ln.basis in rule.exempt_bases:
+                continue
+            if not rule.window_start <= ln.installed <= rule.window_end:
+                continue
+            entity = ctx.entity_of(ln.site)
+            if entity.status == "uveu" and "uveu" in rule.exempt_statuses:
+                continue
+            if (
+                entity.status == "nveu"
+                and "nveu_in_authorised_country" in rule.exempt_statuses
+                and country in entity.nveu_countries
+            ):
+                continue
+            used += ln.tpp  # removal does not give allocation back: it counts exports
+        facts = ctx.fleet.countries.get(country)
+        agreement = facts is not None and facts.gov_agreement
+        limit = rule.limit_tpp * (rule.gov_agreement_multiplier if agreement else 1)
+        notes = []
+        if agreement:
+            notes.append(f"limit x{rule.gov_agreement_multiplier} (government agreement)")
+        if ctx.as_of > rule.window_end:
+            notes.append(f"window ended {rule.window_end}; later installs are not counted")
+        note = "; ".join(notes) or None
+        checks.append(_cap(rule, "cap", f"country:{country}", used, limit, note))
+    return checks
+
+
+def _consignee_annual(rule: ConsigneeAnnual, ctx: _Context) -> list[Check]:
+    used: dict[tuple[str, int], Fraction] = defaultdict(Fraction)
+    for ln in ctx.counted:
+        if ln.basis == rule.basis:
+            used[(ctx.sites[ln.site].entity, ln.installed.year)] += ln.tpp
+    return [
+        _cap(rule, "cap", f"consignee:{entity}/year:{year}", tpp, rule.limit_tpp)
+        for (entity, year), tpp in sorted(used.items())
+    ]
+
+
+def _schedule_limit(rule: NveuInstalledBase, as_of: date) -> tuple[Fraction, Provenance, str]:
+    """The schedule figure for the quarter of `as_of`, and a note when it is not exact."""
+    key = (as_of.year, (as_of.month - 1) // 3 + 1)
+    label = f"{key[0]}Q{key[1]}"
+    before = [a for a in rule.schedule if (a.year, a.quarter) <= key]
+    if before and (before[-1].year, before[-1].quarter) == key:
+        return before[-1].limit_tpp, before[-1].provenance, ""
+    if before:
+        anchor = before[-1]
+        note = f"no figure is known for {label}; using the last known anchor ({anchor.label})"
+    else:
+        anchor = rule.schedule[0]
+        note = (
+            f"no figure is known for {label} or any earlier quarter; using the first known "
+            f"anchor ({anchor.label}), which may overstate the limit"
+        )
+    return anchor.limit_tpp, anchor.provenance, note
+
+
+def _nveu_installed_base(rule: NveuInstalledBase, ctx: _Context) -> list[Check]:
+    limit, provenance, note = _schedule_limit(rule, ctx.as_of)
+    checks = []
+    for entity in ctx.fleet.entities:
+        if entity.status != "nveu":
+            continue
+        for country in sorted(entity.nveu_countries):
+            sites = [s for s in ctx.sites_of(entity.id) if ctx.country[s.id] == country]
+            used = ctx.active_tpp(sites)
+            check = _cap(rule, "cap", f"entity:{entity.id}/country:{country}", used, limit)
+            checks.append(
+                Check(**{**check.__dict__, "provenance": provenance, "note": note or None})
+            )
+    return checks
+
+
+def _share_check(
+    rule: Rule, scope: str, held: Fraction, total: Fraction, limit: Fraction, maximum: bool
+) -> Check:
+    share = held / total if total else None
+    if maximum:
+        breach = held > limit * total
+        headroom = (limit * total - held) / (1 - limit)
+    else:
+        breach = held < limit * total
+        headroom = held / limit - total
+    return Check(
+        rule=rule.id,
+        kind="max_share" if maximum else "min_share",
+        scope=scope,
+        status="breach" if breach else "ok",
+        used_tpp=held,
+        headroom_tpp=headroom,
+        provenance=rule.provenance,
+        share=share,
+        limit_share=limit,
+        total_tpp=total,
+    )
+
+
+def _max_share_per_country(rule: MaxSharePerCountry, ctx: _Context) -> list[Check]:
+    checks = []
+    for entity in ctx.fleet.entities:
+        if entity.status != rule.status:
+            continue
+        sites = ctx.sites_of(entity.id)
+        total = ctx.active_tpp(sites)
+        countries = sorted({ctx.country[s.id] for s in sites if ctx.tier[s.id] == rule.tier})
+        for country in countries:
+            held = ctx.active_tpp(s for s in sites if ctx.country[s.id] == country)
+            scope = f"entity:{entity.id}/country:{country}"
+            checks.append(_share_check(rule, scope, held, total, rule.max_share, maximum=True))
+    return checks
+
+
+def _min_share_in_region(rule: MinShareInRegion, ctx: _Context) -> list[Check]:
+    checks = []
+    for entity in ctx.fleet.entities:
+        if entity.status != rule.status:
+            continue
+        if rule.headquarters is not None and entity.headquarters not in rule.headquarters:
+            continue
+        sites = ctx.sites_of(entity.id)
+
+        def in_region(site: Site) -> bool:
+            if rule.region_countries is not None:
+                return ctx.country[site.id] in rule.region_countries
+            return ctx.tier[site.id] == rule.region_tier
+
+        held = ctx.active_tpp(s for s in sites if in_region(s))
+        total = ctx.active_tpp(sites)
+        scope = f"entity:{entity.id}"
+        checks.append(_share_check(rule, scope, held, total, rule.min_share, maximum=False))
+    return checks
+
+
+def _prohibition(rule: Prohibition, ctx: _Context) -> list[Check]:
+    checks = []
+    for country in ctx.countries_with_sites(rule.tier):
+        used = ctx.active_tpp(ctx.sites_by_country.get(country, ()))
+        checks.append(_cap(rule, "prohibition", f"country:{country}", used, Fraction(0)))
+    return checks
+
+
+_KINDS: dict[type[Any], Callable[[Any, _Context], list[Check]]] = {
+    CountryAllocation: _country_allocation,
+    ConsigneeAnnual: _consignee_annual,
+    NveuInstalledBase: _nveu_installed_base,
+    MaxSharePerCountry: _max_share_per_country,
+    MinShareInRegion: _min_share_in_region,
+    Prohibition: _prohibition,
+}
+
+
+def validate_fleet(fleet: Fleet, pack: RulePack, as_of: date) -> None:
+    """Rule-dependent checks of a fleet (UVEU headquarters tier), as InputErrors."""
+    for i, entity in enumerate(fleet.entities):
+        if entity.status == "uveu":
+            tier = pack.tiers.tier(entity.headquarters, as_of)
+            if tier != pack.uveu_headquarters_tier:
+                raise InputError(
+                    f"entities[{i}].headquarters",
+                    f"UVEU status requires Tier {pack.uveu_headquarters_tier} headquarters; "
+                    f"{entity.headquarters} is Tier {tier} under {pack.id} on {as_of}",
+                )
+
+
+def _ruleset_state(pack: RulePack, as_of: date, checks: list[Check]) -> RulesetState:
+    period = pack.status_on(as_of)
+    warnings = []
+    if period is None:
+        status, since = "not_yet_effective", None
+        warnings.append(f"{pack.id} is not yet effective on {as_of}")
+    else:
+        status, since = period.value, period.start
+        if status != "in_force":
+            warnings.append(
+                f"{pack.id} is {status} on {as_of} (since {since}): these results show what the "
+                f"pack would require, not an enforced limit. {period.note}".rstrip()
+            )
+    unconfirmed = sorted({c.rule for c in checks if c.provenance.confidence == "unconfirmed"})
+    for rule in unconfirmed:
+        warnings.append(f"{rule} rests on unconfirmed figures: verify before relying on it")
+    return RulesetState(
+        pack.id,
+        pack.version,
+        pack.title,
+        pack.citation,
+        status,
+        since,
+        status == "in_force",
+        tuple(warnings),
+    )
+
+
+def _site_totals(ctx: _Context, lines: Iterable[Line]) -> tuple[SiteTotal, ...]:
+    counted: dict[str, int] = defaultdict(int)
+    other: dict[str, int] = defaultdict(int)
+    for ln in lines:
+        if ln.installed > ctx.as_of or (ln.removed is not None and ln.removed <= ctx.as_of):
+            continue
+        if ln.eccn_class in ctx.pack.counted_classes:
+            counted[ln.site] += ln.count
+        else:
+            other[ln.site] += ln.count
+    return tuple(
+        SiteTotal(
+            id=s.id,
+            entity=s.entity,
+            country=s.country,
+            treated_as=ctx.country[s.id] if ctx.country[s.id] != s.country else None,
+            tier=ctx.tier[s.id],
+            installed_tpp=ctx.active_by_site[s.id],
+            counted_devices=counted[s.id],
+            other_devices=other[s.id],
+        )
+        for s in ctx.fleet.sites
+    )
+
+
+def evaluate(fleet: Fleet, pack: RulePack, as_of: date) -> Evaluation:
+    """Apply every rule of `pack` to `fleet` on `as_of`."""
+    validate_fleet(fleet, pack, as_of)
+    ctx = _Context(fleet, pack, as_of)
+    checks: list[Check] = []
+    for rule in pack.rules:
+        checks.extend(_KINDS[type(rule)](rule, ctx))
+    return Evaluation(
+        ruleset=_ruleset_state(pack, as_of, checks),
+        as_of=as_of,
+        h100e_tpp=pack.h100e_tpp,
+        checks=tuple(checks),
+        sites=_site_totals(ctx, fleet.lines),
+    )
