@@ -1,0 +1,161 @@
+"""The ledger's Prometheus exporter: families built per scrape from the latest `LedgerSnapshot`.
+
+The ledger refreshes its snapshot after each write; a scrape never touches the database.
+`metrics_response()` is what the ledger's `GET /metrics` route returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from gpucap.exporters.families import FamilyBuilder, MetricSpec, describe_all
+from gpucap.exporters.snapshots import LedgerSnapshot
+
+# Label values always emitted (0 when the snapshot has none), so that rates and alerts see a
+# series from the first scrape on; values outside these sets are emitted as they come.
+NODE_STATES: tuple[str, ...] = ("fresh", "stale")
+FINDING_KINDS: tuple[str, ...] = (
+    "duplicate_uuid",
+    "vanished_device",
+    "stale_node",
+    "unknown_accelerator",
+    "tpp_mismatch",
+    "declared_vs_observed",
+)
+REPORT_STATUSES: tuple[str, ...] = ("accepted", "duplicate", "rejected")
+
+LEDGER_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec(
+        "gpucap_cap_used_tpp",
+        "gauge",
+        "TPP counted against each cap or share rule in its scope.",
+        ("rule", "scope"),
+    ),
+    MetricSpec(
+        "gpucap_cap_limit_tpp",
+        "gauge",
+        "The limit of each cap in TPP; absent for share rules, whose limit is relative.",
+        ("rule", "scope"),
+    ),
+    MetricSpec(
+        "gpucap_cap_headroom_tpp",
+        "gauge",
+        "TPP that can still be added in each scope before the rule is breached (negative: over).",
+        ("rule", "scope"),
+    ),
+    MetricSpec(
+        "gpucap_cap_breached",
+        "gauge",
+        "1 if the rule is breached in the scope, else 0.",
+        ("rule", "scope"),
+    ),
+    MetricSpec(
+        "gpucap_site_tpp",
+        "gauge",
+        "Counted TPP installed at each site.",
+        ("site", "entity", "country", "tier"),
+    ),
+    MetricSpec(
+        "gpucap_nodes",
+        "gauge",
+        "Nodes per site whose latest report is fresh or stale.",
+        ("site", "state"),
+    ),
+    MetricSpec(
+        "gpucap_reconciliation_findings",
+        "gauge",
+        "Open reconciliation findings by kind.",
+        ("kind",),
+    ),
+    MetricSpec(
+        "gpucap_reports_total",
+        "counter",
+        "Agent reports received by the ledger, by outcome (accepted, duplicate, rejected).",
+        ("status",),
+    ),
+    MetricSpec(
+        "gpucap_auth_refusals_total",
+        "counter",
+        "Requests the ledger refused for authentication or authorisation, by reason.",
+        ("reason",),
+    ),
+    MetricSpec(
+        "gpucap_ruleset_info",
+        "gauge",
+        "The rule set the ledger evaluates caps against; always 1.",
+        ("id", "status"),
+    ),
+    MetricSpec(
+        "gpucap_eventlog_rows",
+        "gauge",
+        "Rows in the ledger's append-only event log.",
+    ),
+)
+
+
+def _with_defaults(counts: Mapping[str, int], always: Iterable[str]) -> dict[str, int]:
+    merged = dict.fromkeys(always, 0)
+    merged.update(counts)
+    return merged
+
+
+def ledger_families(snapshot: LedgerSnapshot) -> list[Metric]:
+    """Build every ledger family from one snapshot (pure)."""
+    out = FamilyBuilder(LEDGER_METRICS)
+    for cap in snapshot.caps:
+        key = {"rule": cap.rule, "scope": cap.scope}
+        out.add("gpucap_cap_used_tpp", cap.used_tpp, key)
+        if cap.limit_tpp is not None:
+            out.add("gpucap_cap_limit_tpp", cap.limit_tpp, key)
+        out.add("gpucap_cap_headroom_tpp", cap.headroom_tpp, key)
+        out.add("gpucap_cap_breached", 1 if cap.breached else 0, key)
+    for site in snapshot.sites:
+        labels = {
+            "site": site.site,
+            "entity": site.entity,
+            "country": site.country,
+            "tier": site.tier,
+        }
+        out.add("gpucap_site_tpp", site.tpp, labels)
+    # Every site known to the ledger gets both fresh and stale, so a site whose nodes all went
+    # stale shows fresh=0 rather than losing the series.
+    sites = sorted({site for site, _ in snapshot.nodes} | {s.site for s in snapshot.sites})
+    for site_id in sites:
+        counts = {st: n for (s, st), n in snapshot.nodes.items() if s == site_id}
+        for state, count in _with_defaults(counts, NODE_STATES).items():
+            out.add("gpucap_nodes", count, {"site": site_id, "state": state})
+    for kind, count in _with_defaults(snapshot.findings, FINDING_KINDS).items():
+        out.add("gpucap_reconciliation_findings", count, {"kind": kind})
+    for status, count in _with_defaults(snapshot.reports_total, REPORT_STATUSES).items():
+        out.add("gpucap_reports_total", count, {"status": status})
+    for reason, count in sorted(snapshot.auth_refusals_total.items()):
+        out.add("gpucap_auth_refusals_total", count, {"reason": reason})
+    out.add(
+        "gpucap_ruleset_info",
+        1,
+        {"id": snapshot.ruleset_id, "status": snapshot.ruleset_status},
+    )
+    out.add("gpucap_eventlog_rows", snapshot.eventlog_rows)
+    return out.families()
+
+
+class LedgerCollector(Collector):
+    """A custom collector over the ledger's latest snapshot."""
+
+    def __init__(self, snapshot: Callable[[], LedgerSnapshot]) -> None:
+        self._snapshot = snapshot
+
+    def describe(self) -> Iterator[Metric]:
+        return describe_all(LEDGER_METRICS)
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(ledger_families(self._snapshot()))
+
+
+def metrics_response(snapshot: Callable[[], LedgerSnapshot]) -> tuple[bytes, str]:
+    """The body and content type of `GET /metrics` (Prometheus text format 0.0.4)."""
+    return generate_latest(LedgerCollector(snapshot)), CONTENT_TYPE_PLAIN_0_0_4
