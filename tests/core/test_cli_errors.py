@@ -1,0 +1,113 @@
+"""Invalid input: exit 2, one line on stderr naming the field path and the reason, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gpucap.cli import main
+
+BASE = {
+    "ruleset": "us-bis-ai-diffusion-2025",
+    "as_of": "2026-06-30",
+    "entities": [{"id": "acme", "headquarters": "US", "status": "uveu"}],
+    "sites": [{"id": "s1", "entity": "acme", "country": "AE"}],
+    "inventory": [
+        {"site": "s1", "model": "h100-sxm5-80gb", "count": 10, "installed": "2025-06-01"}
+    ],
+}
+
+
+def _with(path: str, value: object) -> dict[str, object]:
+    """A copy of BASE with one field replaced, addressed like `inventory.0.count`."""
+    doc = yaml.safe_load(yaml.safe_dump(BASE))
+    *parents, last = path.split(".")
+    node = doc
+    for part in parents:
+        node = node[int(part)] if part.isdigit() else node[part]
+    if last.isdigit():
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return doc  # type: ignore[no-any-return]
+
+
+CASES = [
+    ("inventory.0.model", "h999", "inventory[0].model: unknown model 'h999'"),
+    ("sites.0.country", "XX", "sites[0].country: not an ISO 3166-1 alpha-2 country code: 'XX'"),
+    ("entities.0.headquarters", "AE", "entities[0].headquarters: UVEU status requires Tier 1"),
+    ("sites.0.entity", "ghost", "sites[0].entity: no entity with id 'ghost'"),
+    ("inventory.0.count", -5, "inventory[0].count: must be at least 1"),
+    ("inventory.0.installed", "2025-13-01", "inventory[0].installed: not a valid date"),
+    ("inventory.0.installed", "last tuesday", "inventory[0].installed: expected a date"),
+    ("inventory.0.count", 1.5, "inventory[0].count:"),
+    ("inventory.0.site", "nowhere", "inventory[0].site: no site with id 'nowhere'"),
+    ("ruleset", "no-such-pack", "ruleset: unknown rule pack 'no-such-pack'"),
+    ("entities.0.status", "vip", "entities[0].status:"),
+    ("inventory.0.removed", "2025-05-01", "inventory[0].removed: must be after installed"),
+    ("countries", {"ZZ": {"gov_agreement": True}}, "countries.ZZ: not an ISO 3166-1"),
+    ("sites.0.colour", "red", "sites[0].colour: unknown field"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "message"), CASES)
+def test_invalid_input_exits_2_naming_the_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], path: str, value: object, message: str
+) -> None:
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(yaml.safe_dump(_with(path, value)))
+    assert main(["evaluate", str(scenario)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1
+    assert message in lines[0]
+
+
+def test_valid_base_scenario_is_accepted(tmp_path: Path) -> None:
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(yaml.safe_dump(BASE))
+    # 10 H100 in AE are 100% of acme's base, above the 7% Tier 2 share: a breach, not an error.
+    assert main(["evaluate", str(scenario)]) == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("ruleset: [unclosed", "not valid YAML at line 1"),
+        ("- just\n- a list\n", "(top level): s.yaml must be a mapping"),
+    ],
+)
+def test_unparseable_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, message: str
+) -> None:
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(content)
+    assert main(["evaluate", str(scenario)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_file_and_bad_as_of(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", str(tmp_path / "absent.yaml")]) == 2
+    assert "cannot read file" in capsys.readouterr().err
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(yaml.safe_dump(BASE))
+    assert main(["evaluate", str(scenario), "--as-of", "30/06/2026"]) == 2
+    assert "--as-of: expected a date" in capsys.readouterr().err
+
+
+def test_no_traceback_from_the_installed_command(tmp_path: Path) -> None:
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(yaml.safe_dump(_with("inventory.0.count", -1)))
+    proc = subprocess.run(
+        [sys.executable, "-m", "gpucap", "evaluate", str(scenario)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr == "gpucap: error: inventory[0].count: must be at least 1\n"
