@@ -1,0 +1,265 @@
+"""The ledger's HTTP API (FastAPI). `create_app(settings)` does no work until startup.
+
+Errors map to HTTP status here and nowhere else: InputError -> 422 with `detail: [{path,
+reason}]`, AuthError -> its 401/403, UnavailableError -> 503.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Callable
+from datetime import date
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from gpucap.core.errors import InputError
+from gpucap.core.report import check_to_dict, evaluation_to_dict
+from gpucap.ledger import reconcile
+from gpucap.ledger.errors import AuthError, RejectedError, UnavailableError
+from gpucap.ledger.models import Report, WhatIf
+from gpucap.ledger.service import Ledger
+from gpucap.ledger.settings import Settings
+from gpucap.ledger.store import Store
+from gpucap.ledger.tokens import Principal
+from gpucap.ledger.views import (
+    can_see,
+    filtered,
+    parse_request_scope,
+    require_visible,
+    whatif_answer,
+    whatif_fleet,
+)
+
+SNAPSHOT_INTERVAL_S = 5.0
+
+
+def loc_path(loc: tuple[int | str, ...]) -> str:
+    """A pydantic error location as a field path: ('devices', 0, 'uuid') -> devices[0].uuid."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(body)"
+
+
+def _validation_detail(exc: ValidationError) -> list[dict[str, str]]:
+    return [{"path": loc_path(e["loc"]), "reason": e["msg"]} for e in exc.errors()[:20]]
+
+
+def _parse_day(value: str | None, field: str, default: date) -> date:
+    if value is None:
+        return default
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise RejectedError(field, f"expected a date YYYY-MM-DD, got {value!r}") from None
+
+
+def create_app(settings: Settings, ledger: Ledger | None = None) -> FastAPI:
+    """The application; the store opens (and migrates) and the registry loads at startup."""
+    holder: dict[str, Ledger] = {}
+    stop = threading.Event()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        led = ledger
+        if led is None:
+            store = await run_in_threadpool(Store.open, settings)
+            led = Ledger(settings, store)
+        holder["ledger"] = led
+        if settings.registry is not None:
+            await run_in_threadpool(led.load_registry_file, settings.registry)
+        refresher = threading.Thread(target=_refresh_loop, args=(led, stop), daemon=True)
+        refresher.start()
+        _app.state.ledger = led
+        try:
+            yield
+        finally:
+            stop.set()
+            refresher.join(timeout=5)
+            if ledger is None:
+                led.store.close()
+
+    app = FastAPI(title="gpucap ledger", version="1", lifespan=lifespan)
+
+    def get() -> Ledger:
+        return holder["ledger"]
+
+    @app.exception_handler(AuthError)
+    async def _auth(_r: Request, exc: AuthError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        return JSONResponse(
+            {"detail": exc.detail, "reason": exc.reason}, exc.status_code, headers=headers
+        )
+
+    @app.exception_handler(InputError)
+    async def _input(_r: Request, exc: InputError) -> JSONResponse:
+        return JSONResponse({"detail": [{"path": exc.path, "reason": exc.reason}]}, 422)
+
+    @app.exception_handler(UnavailableError)
+    async def _unavailable(_r: Request, exc: UnavailableError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, 503)
+
+    def operator(request: Request) -> Principal:
+        return get().authenticate(request.headers.get("authorization"), "operator")
+
+    @app.post("/v1/reports")
+    async def post_report(request: Request) -> JSONResponse:
+        """Store one `gpucap.report/v1` (node token); duplicates and older seqs change nothing."""
+        led = get()
+        principal = led.authenticate(request.headers.get("authorization"), "node")
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > settings.max_body_bytes:
+                led.count_report("rejected")
+                raise RejectedError("(body)", f"larger than {settings.max_body_bytes} bytes")
+        try:
+            report = Report.model_validate_json(body)
+        except ValidationError as exc:
+            led.count_report("rejected")
+            return JSONResponse({"detail": _validation_detail(exc)}, 422)
+        if report.node_id != principal.node_id or report.site_id != principal.site_id:
+            exc2 = AuthError(
+                403,
+                "node_mismatch",
+                f"token is for node {principal.node_id} at {principal.site_id}, "
+                f"report is from {report.node_id} at {report.site_id}",
+            )
+            led.refuse(exc2)
+            raise exc2
+        outcome = await run_in_threadpool(led.ingest, report)
+        if outcome.status == "duplicate":
+            return JSONResponse({"status": "duplicate"})
+        return JSONResponse({"status": "accepted", "seq": outcome.seq})
+
+    @app.get("/v1/headroom")
+    def headroom(
+        request: Request, scope: str | None = Query(None), as_of: str | None = Query(None)
+    ) -> dict[str, Any]:
+        """The checks of `gpucap evaluate` over registry plus observed inventory, by scope."""
+        led = get()
+        principal = operator(request)
+        day = _parse_day(as_of, "as_of", led.today())
+        ev, fleet = led.evaluation(day)
+        requested = None
+        if scope:
+            requested = parse_request_scope(scope, fleet)
+            _visible(led, requested, principal, fleet)
+        return evaluation_to_dict(filtered(ev, fleet, principal.entity, requested))
+
+    @app.post("/v1/whatif")
+    async def whatif(request: Request) -> dict[str, Any]:
+        """Evaluate hypothetical additions/removals; writes nothing."""
+        led = get()
+        principal = operator(request)
+        try:
+            req = WhatIf.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise RejectedError(loc_path(exc.errors()[0]["loc"]), exc.errors()[0]["msg"]) from None
+        req.check_consistent()
+        return await run_in_threadpool(_whatif, led, principal, req)
+
+    @app.get("/v1/inventory")
+    def inventory(request: Request, site: str | None = Query(None)) -> dict[str, Any]:
+        led = get()
+        principal = operator(request)
+        from gpucap.ledger.inventory import inventory_view
+
+        with led.store.read() as conn:
+            fleet = led.registry(conn)
+            if site is not None:
+                _visible(led, parse_request_scope(f"site:{site}", fleet), principal, fleet)
+            return inventory_view(conn, fleet, site, principal.entity)
+
+    @app.get("/v1/reconciliation")
+    def reconciliation(request: Request) -> dict[str, Any]:
+        led = get()
+        principal = operator(request)
+        with led.store.read() as conn:
+            fleet = led.registry(conn)
+            found = reconcile.findings(
+                conn, fleet, led.now(), led.settings.stale_after_s, led.today()
+            )
+        if principal.entity is not None:
+            own = {s.id for s in fleet.sites if s.entity == principal.entity}
+            found = reconcile.restrict(found, own)
+        return found
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz() -> JSONResponse:
+        led = holder.get("ledger")
+        if led is None:
+            return JSONResponse({"status": "starting"}, 503)
+        try:
+            with led.store.read() as conn:
+                led.registry(conn)
+        except UnavailableError as exc:
+            return JSONResponse({"status": "not ready", "detail": str(exc)}, 503)
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        body, content_type = _metrics_body(get().snapshot)
+        return Response(body, media_type=content_type)
+
+    return app
+
+
+def _visible(led: Ledger, requested: tuple[str, str], principal: Principal, fleet: Any) -> None:
+    try:
+        require_visible(requested, principal.entity, fleet)
+    except AuthError as exc:
+        led.refuse(exc)
+        raise
+
+
+def _whatif(led: Ledger, principal: Principal, req: WhatIf) -> dict[str, Any]:
+    day = req.as_of or led.today()
+    ev, fleet = led.evaluation(day)
+    known = {s.id for s in fleet.sites}
+    for item in (*req.add, *req.remove):
+        if item.site in known:
+            _visible(led, ("site", item.site), principal, fleet)
+    changed = whatif_fleet(fleet, req, day, led.catalogue)
+    after = led_evaluate(led, changed, day)
+    h100e = ev.h100e_tpp
+
+    def visible(check: Any) -> bool:
+        return can_see(check.scope, principal.entity, fleet)
+
+    answer = whatif_answer(ev, after, visible, lambda c: check_to_dict(c, h100e))
+    answer["as_of"] = day.isoformat()
+    return answer
+
+
+def led_evaluate(led: Ledger, fleet: Any, day: date) -> Any:
+    from gpucap.core.engine import evaluate
+
+    return evaluate(fleet, led.pack(fleet.ruleset), day)
+
+
+def _metrics_body(snapshot: Callable[[], Any]) -> tuple[bytes, str]:
+    """The one place the exporter is wired in (exporters/ledger.py builds the families)."""
+    from gpucap.exporters.ledger import metrics_response
+
+    return metrics_response(snapshot)
+
+
+def _refresh_loop(led: Ledger, stop: threading.Event) -> None:
+    """Keep the metrics snapshot current (writes from other processes included)."""
+    while not stop.is_set():
+        with contextlib.suppress(Exception):  # a failed refresh keeps the last snapshot
+            led.refresh_snapshot()
+        stop.wait(SNAPSHOT_INTERVAL_S)

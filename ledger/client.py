@@ -1,0 +1,64 @@
+"""The operators' HTTP client for `gpucap headroom` and `gpucap whatif`.
+
+HTTP status maps to our errors here: 422 -> InputError (exit 2), 401/403/5xx and connection
+failures -> UnavailableError (exit 3). `transport` lets a test hand in any httpx transport.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from gpucap.core.errors import InputError
+from gpucap.ledger.errors import UnavailableError
+
+
+class LedgerClient:
+    """A thin client of the ledger API with one bearer token."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        timeout_s: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout_s,
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _answer(self, response: httpx.Response) -> Any:
+        if response.status_code == 422:
+            detail = response.json().get("detail") or [{}]
+            first = detail[0] if isinstance(detail, list) else {"reason": str(detail)}
+            raise InputError(str(first.get("path", "")), str(first.get("reason", "invalid")))
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail")
+            except ValueError:
+                detail = response.text[:200]
+            raise UnavailableError("ledger", f"HTTP {response.status_code}: {detail}")
+        return response.json()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise UnavailableError("ledger", f"cannot reach {self._http.base_url}: {exc}") from exc
+        return self._answer(response)
+
+    def headroom(self, scope: str | None = None, as_of: str | None = None) -> dict[str, Any]:
+        params = {k: v for k, v in {"scope": scope, "as_of": as_of}.items() if v}
+        result: dict[str, Any] = self._call("GET", "/v1/headroom", params=params)
+        return result
+
+    def whatif(self, body: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", "/v1/whatif", json=body)
+        return result

@@ -1,0 +1,175 @@
+"""Pure folds: a report or a decommission applied to one node's devices.
+
+The ledger never trusts the agent's TPP or model: `resolve` re-derives both from its own
+catalogue (PCI device id first, then name) and flags a disagreement. A device counts from the
+date it was first seen; absent from a later report, it is gone from that date (`vanished`, a
+reconciliation finding, because nobody decommissioned it); a decommission closes every device of
+the node. Observed devices aggregate into engine lines keyed by
+(site, model, tpp, class, first seen, gone); `LineDelta`s keep that aggregate up to date.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from gpucap.core.catalogue import Catalogue
+from gpucap.ledger.eventlog import canonical
+from gpucap.ledger.models import ReportedDevice
+
+# The agent rounds TPP for display; a difference below this (in TPP per device) is not a mismatch.
+TPP_TOLERANCE = 1.0
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    """What a report says about one device, with TPP and class from the ledger's catalogue."""
+
+    uuid: str
+    pci_device_id: str
+    name: str
+    state: str
+    model: str | None  # catalogue id; None when the catalogue does not know the device
+    tpp: int | None
+    eccn_class: str | None
+    agent_tpp: float | None
+    tpp_mismatch: bool
+
+
+@dataclass(frozen=True)
+class DeviceRow:
+    """A device row of the `device` table."""
+
+    node_id: str
+    site_id: str
+    facts: DeviceFacts
+    first_seen: str
+    gone_on: str | None = None
+    vanished: bool = False
+
+
+@dataclass(frozen=True, order=True)
+class LineSpec:
+    """One aggregate line of observed devices (dates as ISO strings)."""
+
+    site_id: str
+    model: str
+    tpp: int
+    eccn_class: str
+    installed: str
+    removed: str
+
+    @property
+    def key(self) -> str:
+        return "|".join(
+            (self.site_id, self.model, str(self.tpp), self.eccn_class, self.installed, self.removed)
+        )
+
+
+@dataclass(frozen=True)
+class Change:
+    """Rows to write and line counts to adjust; empty when the report changed nothing."""
+
+    rows: tuple[DeviceRow, ...] = ()
+    line_deltas: Mapping[LineSpec, int] = Counter()
+
+    @property
+    def empty(self) -> bool:
+        return not self.rows
+
+
+def resolve(device: ReportedDevice, catalogue: Catalogue) -> DeviceFacts:
+    """The device's facts with TPP and class re-derived from the catalogue."""
+    acc = catalogue.match(int(device.pci_device_id, 16), device.name)
+    mismatch = False
+    if acc is not None:
+        if device.tpp is not None and abs(device.tpp - acc.tpp) > TPP_TOLERANCE:
+            mismatch = True
+        if device.model is not None and device.model != acc.id:
+            mismatch = True
+    return DeviceFacts(
+        uuid=device.uuid,
+        pci_device_id=device.pci_device_id.lower(),
+        name=device.name,
+        state=device.state,
+        model=None if acc is None else acc.id,
+        tpp=None if acc is None else acc.tpp,
+        eccn_class=None if acc is None else acc.eccn_class,
+        agent_tpp=device.tpp,
+        tpp_mismatch=mismatch,
+    )
+
+
+def digest(facts: Iterable[DeviceFacts]) -> str:
+    """A digest of a report's device facts: equal digests mean an unchanged inventory."""
+    rows = sorted(
+        (f.uuid, f.pci_device_id, f.name, f.state, f.model, f.tpp, f.agent_tpp) for f in facts
+    )
+    return hashlib.sha256(canonical(rows).encode()).hexdigest()
+
+
+def line_of(row: DeviceRow) -> LineSpec | None:
+    """The line a device counts in, or None for a device the catalogue does not know."""
+    f = row.facts
+    if f.tpp is None or f.eccn_class is None or f.model is None:
+        return None
+    return LineSpec(row.site_id, f.model, f.tpp, f.eccn_class, row.first_seen, row.gone_on or "")
+
+
+def _move(deltas: Counter[LineSpec], old: DeviceRow | None, new: DeviceRow) -> None:
+    before = None if old is None else line_of(old)
+    after = line_of(new)
+    if before == after:
+        return
+    if before is not None:
+        deltas[before] -= 1
+    if after is not None:
+        deltas[after] += 1
+
+
+def fold_report(
+    node_id: str,
+    site_id: str,
+    existing: Mapping[str, DeviceRow],
+    reported: Sequence[DeviceFacts],
+    on: str,
+) -> Change:
+    """Apply one accepted report, received on date `on`, to the node's device rows."""
+    rows: list[DeviceRow] = []
+    deltas: Counter[LineSpec] = Counter()
+    present = set()
+    for facts in reported:
+        present.add(facts.uuid)
+        old = existing.get(facts.uuid)
+        if old is None:
+            new = DeviceRow(node_id, site_id, facts, first_seen=on)
+        else:
+            new = replace(old, facts=facts, gone_on=None, vanished=False)
+            if new == old:
+                continue
+        _move(deltas, old, new)
+        rows.append(new)
+    for uuid, old in existing.items():
+        if uuid not in present and old.gone_on is None:
+            new = replace(old, gone_on=on, vanished=True)
+            _move(deltas, old, new)
+            rows.append(new)
+    return Change(tuple(rows), _nonzero(deltas))
+
+
+def fold_decommission(existing: Mapping[str, DeviceRow], on: str) -> Change:
+    """Close every device still present on a node decommissioned on date `on`."""
+    rows: list[DeviceRow] = []
+    deltas: Counter[LineSpec] = Counter()
+    for old in existing.values():
+        if old.gone_on is None:
+            new = replace(old, gone_on=on, vanished=False)
+            _move(deltas, old, new)
+            rows.append(new)
+    return Change(tuple(rows), _nonzero(deltas))
+
+
+def _nonzero(deltas: Counter[LineSpec]) -> Counter[LineSpec]:
+    return Counter({k: v for k, v in deltas.items() if v != 0})

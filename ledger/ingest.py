@@ -1,0 +1,322 @@
+"""The write paths: reports, registry changes, decommissions, and rebuilding projections.
+
+Each runs in one `Store.write()` transaction: the projections change and the event is appended
+together, or nothing is written. A report is a compare-and-set on its node's last `seq` under
+the ledger-wide writer lock, so the same report from two processes is accepted exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from gpucap.core.catalogue import Catalogue
+from gpucap.core.fleet import Fleet
+from gpucap.core.scenario import parse_scenario
+from gpucap.ledger import eventlog
+from gpucap.ledger.errors import RejectedError
+from gpucap.ledger.eventlog import Head, canonical
+from gpucap.ledger.fold import (
+    Change,
+    DeviceFacts,
+    DeviceRow,
+    digest,
+    fold_decommission,
+    fold_report,
+    resolve,
+)
+from gpucap.ledger.models import Report
+from gpucap.ledger.settings import iso_instant
+from gpucap.ledger.store import State, Store, bump
+from gpucap.ledger.tables import table
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The answer to one report: accepted with its seq, or a duplicate (nothing changed)."""
+
+    status: Literal["accepted", "duplicate"]
+    seq: int
+
+
+def registry_sites(conn: Connection) -> dict[str, str] | None:
+    """site id -> entity of the current registry, or None when no registry was loaded."""
+    reg = conn.execute(sa.select(table("registry").c.doc)).scalar_one_or_none()
+    if reg is None:
+        return None
+    doc = json.loads(reg)
+    return {str(s["id"]): str(s["entity"]) for s in doc.get("sites", [])}
+
+
+def ingest_report(
+    store: Store,
+    report: Report,
+    catalogue: Catalogue,
+    now: datetime,
+    sites: Mapping[str, str] | None = None,
+) -> Outcome:
+    """Validate against the ledger's state and store one report; see the module docstring.
+
+    `sites` (site -> entity) saves a registry read per report when the caller caches it; it is
+    re-read here when the report's site is not in it, so a registry change is never missed.
+    """
+    report.check_consistent()
+    facts = [resolve(d, catalogue) for d in report.devices]
+    node_t = table("node")
+    with store.write() as (conn, state):
+        node = conn.execute(sa.select(node_t).where(node_t.c.node_id == report.node_id)).first()
+        if node is not None and report.seq <= node.last_seq:
+            return Outcome("duplicate", report.seq)
+        if sites is None or report.site_id not in sites:
+            sites = registry_sites(conn) or {}
+        if report.site_id not in sites:
+            raise RejectedError("site_id", f"no site {report.site_id!r} in the registry")
+        if node is not None and node.decommissioned_on is not None:
+            raise RejectedError(
+                "node_id", f"node {report.node_id!r} was decommissioned on {node.decommissioned_on}"
+            )
+        if node is not None and node.site_id != report.site_id:
+            raise RejectedError(
+                "site_id",
+                f"node {report.node_id!r} reports for site {node.site_id!r}; "
+                "decommission it before moving it",
+            )
+        body = report.model_dump(mode="json", by_alias=True)
+        recorded_at = iso_instant(now)
+        apply_report(conn, state, report, facts, recorded_at, node)
+        eventlog.append(
+            conn,
+            Head(state.head_seq, state.head_hash),
+            "report",
+            f"node:{report.node_id}",
+            body,
+            recorded_at,
+        )
+    return Outcome("accepted", report.seq)
+
+
+def apply_report(
+    conn: Connection,
+    state: State,
+    report: Report,
+    facts: list[DeviceFacts],
+    recorded_at: str,
+    node: Any,
+) -> None:
+    """Fold a report into the projections (shared by ingest and rebuild)."""
+    node_t = table("node")
+    new_digest = digest(facts)
+    values = {
+        "last_seq": report.seq,
+        "last_seen": recorded_at,
+        "devices_digest": new_digest,
+        "agent_version": report.agent_version,
+    }
+    if node is None:
+        conn.execute(
+            sa.insert(node_t).values(
+                node_id=report.node_id,
+                site_id=report.site_id,
+                first_seen=recorded_at,
+                decommissioned_on=None,
+                **values,
+            )
+        )
+    else:
+        conn.execute(sa.update(node_t).where(node_t.c.node_id == report.node_id).values(**values))
+    if node is not None and node.devices_digest == new_digest:
+        return  # unchanged inventory: nothing else to touch (the common case)
+    existing = _devices(conn, report.node_id)
+    change = fold_report(report.node_id, report.site_id, existing, facts, recorded_at[:10])
+    _write_change(conn, state, change)
+
+
+def decommission(store: Store, node_id: str, now: datetime, actor: str) -> int:
+    """Close a node: its devices stop counting for installed-base rules from today."""
+    node_t = table("node")
+    recorded_at = iso_instant(now)
+    with store.write() as (conn, state):
+        node = conn.execute(sa.select(node_t).where(node_t.c.node_id == node_id)).first()
+        if node is None:
+            raise RejectedError("node", f"no node {node_id!r} has reported")
+        if node.decommissioned_on is not None:
+            raise RejectedError("node", f"node {node_id!r} was decommissioned already")
+        n = apply_decommission(conn, state, node_id, recorded_at)
+        eventlog.append(
+            conn,
+            Head(state.head_seq, state.head_hash),
+            "decommission",
+            actor,
+            {"node_id": node_id, "on": recorded_at[:10]},
+            recorded_at,
+        )
+    return n
+
+
+def apply_decommission(conn: Connection, state: State, node_id: str, recorded_at: str) -> int:
+    node_t = table("node")
+    conn.execute(
+        sa.update(node_t)
+        .where(node_t.c.node_id == node_id)
+        .values(decommissioned_on=recorded_at[:10])
+    )
+    change = fold_decommission(_devices(conn, node_id), recorded_at[:10])
+    _write_change(conn, state, change)
+    return len(change.rows)
+
+
+def load_registry_doc(doc: Any, origin: str, catalogue: Catalogue) -> Fleet:
+    """Validate a registry document (the scenario format); InputError names the bad field."""
+    return parse_scenario(doc, catalogue, origin)
+
+
+def set_registry(store: Store, doc: Any, origin: str, now: datetime, actor: str) -> bool:
+    """Record a registry document if it differs from the current one; True if it changed."""
+    text = canonical(doc)
+    new_digest = hashlib.sha256(text.encode()).hexdigest()
+    recorded_at = iso_instant(now)
+    with store.write() as (conn, state):
+        current = conn.execute(sa.select(table("registry").c.digest)).scalar_one_or_none()
+        if current == new_digest:
+            return False
+        apply_registry(conn, state, json.loads(text), origin, recorded_at)
+        eventlog.append(
+            conn,
+            Head(state.head_seq, state.head_hash),
+            "registry",
+            actor,
+            {"origin": origin, "doc": json.loads(text), "previous_digest": current},
+            recorded_at,
+        )
+    return True
+
+
+def apply_registry(conn: Connection, state: State, doc: Any, origin: str, recorded_at: str) -> None:
+    reg_t = table("registry")
+    text = canonical(doc)
+    values = {
+        "digest": hashlib.sha256(text.encode()).hexdigest(),
+        "doc": text,
+        "origin": origin,
+        "loaded_at": recorded_at,
+    }
+    conn.execute(sa.delete(reg_t))
+    conn.execute(sa.insert(reg_t).values(id=1, **values))
+    bump(conn, projection_version=state.projection_version + 1)
+
+
+def _devices(conn: Connection, node_id: str) -> dict[str, DeviceRow]:
+    dev_t = table("device")
+    rows = conn.execute(sa.select(dev_t).where(dev_t.c.node_id == node_id)).all()
+    return {
+        r.uuid: DeviceRow(
+            node_id=r.node_id,
+            site_id=r.site_id,
+            facts=DeviceFacts(
+                uuid=r.uuid,
+                pci_device_id=r.pci_device_id,
+                name=r.name,
+                state=r.state,
+                model=r.model,
+                tpp=r.tpp,
+                eccn_class=r.eccn_class,
+                agent_tpp=r.agent_tpp,
+                tpp_mismatch=r.tpp_mismatch,
+            ),
+            first_seen=r.first_seen,
+            gone_on=r.gone_on,
+            vanished=r.vanished,
+        )
+        for r in rows
+    }
+
+
+def _upsert(conn: Connection, name: str, keys: list[str], rows: list[dict[str, Any]]) -> None:
+    t = table(name)
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(t)
+    update = {c.name: stmt.excluded[c.name] for c in t.columns if c.name not in keys}
+    conn.execute(stmt.on_conflict_do_update(index_elements=keys, set_=update), rows)
+
+
+def _write_change(conn: Connection, state: State, change: Change) -> None:
+    if change.empty:
+        return
+    _upsert(
+        conn,
+        "device",
+        ["node_id", "uuid"],
+        [
+            {
+                "node_id": r.node_id,
+                "uuid": r.facts.uuid,
+                "site_id": r.site_id,
+                "model": r.facts.model,
+                "pci_device_id": r.facts.pci_device_id,
+                "name": r.facts.name,
+                "tpp": r.facts.tpp,
+                "eccn_class": r.facts.eccn_class,
+                "agent_tpp": r.facts.agent_tpp,
+                "tpp_mismatch": r.facts.tpp_mismatch,
+                "state": r.facts.state,
+                "first_seen": r.first_seen,
+                "gone_on": r.gone_on,
+                "vanished": r.vanished,
+            }
+            for r in change.rows
+        ],
+    )
+    line_t = table("inventory_line")
+    if change.line_deltas:
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        stmt = dialect.insert(line_t)
+        for spec, delta in sorted(change.line_deltas.items()):
+            conn.execute(
+                stmt.values(
+                    key=spec.key,
+                    site_id=spec.site_id,
+                    model=spec.model,
+                    tpp=spec.tpp,
+                    eccn_class=spec.eccn_class,
+                    installed=spec.installed,
+                    removed=spec.removed or None,
+                    count=delta,
+                ).on_conflict_do_update(
+                    index_elements=["key"], set_={"count": line_t.c.count + delta}
+                )
+            )
+        conn.execute(sa.delete(line_t).where(line_t.c.count <= 0))
+        bump(conn, projection_version=state.projection_version + 1)
+
+
+def rebuild(store: Store, catalogue: Catalogue) -> int:
+    """Drop every projection and replay the event log into it; returns the events replayed."""
+    n = 0
+    with store.write() as (conn, state):
+        for name in ("device", "inventory_line", "node", "registry"):
+            conn.execute(sa.delete(table(name)))
+        node_t = table("node")
+        for row in list(eventlog.read_rows(conn)):
+            body = json.loads(row.body)
+            if row.kind == "registry":
+                apply_registry(conn, state, body["doc"], body["origin"], row.recorded_at)
+            elif row.kind == "report":
+                report = Report.model_validate_json(row.body)
+                facts = [resolve(d, catalogue) for d in report.devices]
+                node = conn.execute(
+                    sa.select(node_t).where(node_t.c.node_id == report.node_id)
+                ).first()
+                apply_report(conn, state, report, facts, row.recorded_at, node)
+            elif row.kind == "decommission":
+                apply_decommission(conn, state, body["node_id"], row.recorded_at)
+            n += 1
+        bump(conn, projection_version=state.projection_version + 1)
+    return n

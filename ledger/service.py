@@ -1,0 +1,222 @@
+"""The ledger as one object per process: the store, caches validated against the database, and
+per-process counters. Routes and CLI commands call it; it holds no fact the database lacks.
+
+Caches (registry fleet by digest, evaluations by (as_of, projection_version), revoked token ids
+by auth_version) are checked against `ledger_state`, which every writer in every process bumps,
+so a second process's write is seen on the next request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import Counter, OrderedDict
+from dataclasses import replace
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from gpucap.core.catalogue import Catalogue, default_catalogue
+from gpucap.core.data import read_yaml
+from gpucap.core.engine import Evaluation, evaluate
+from gpucap.core.errors import InputError
+from gpucap.core.fleet import Fleet
+from gpucap.core.ruleset import RulePack, load_ruleset
+from gpucap.exporters.snapshots import CapSample, LedgerSnapshot, SiteSample
+from gpucap.ledger import eventlog, ingest, reconcile, tokens
+from gpucap.ledger.errors import AuthError, UnavailableError
+from gpucap.ledger.models import Report
+from gpucap.ledger.settings import Settings
+from gpucap.ledger.store import Store
+from gpucap.ledger.tables import table
+from gpucap.ledger.views import ObservedLine, with_observed
+
+log = logging.getLogger("gpucap.ledger")
+_EVAL_CACHE = 8
+
+
+def registry_doc(path: Path, catalogue: Catalogue) -> Any:
+    """Read and validate a registry file; the document as JSON-ready data (dates as text)."""
+    raw = read_yaml(path, error=InputError)
+    doc = json.loads(json.dumps(raw, default=str))
+    fleet = ingest.load_registry_doc(doc, path.name, catalogue)
+    pack = load_ruleset(fleet.ruleset)
+    evaluate(fleet, pack, fleet.as_of or date.today())  # rule-dependent checks (UVEU tier)
+    return doc
+
+
+class Ledger:
+    """Everything one ledger process shares between requests."""
+
+    def __init__(self, settings: Settings, store: Store, catalogue: Catalogue | None = None):
+        self.settings = settings
+        self.store = store
+        self.catalogue = catalogue or default_catalogue()
+        self.key = tokens.signing_key(store, settings.secret)
+        self.revocations = tokens.Revocations(store, settings.revocation_ttl_s)
+        self._lock = threading.Lock()
+        self._registry: tuple[str, Fleet] | None = None
+        self._sites: dict[str, str] | None = None
+        self._evals: OrderedDict[tuple[date, int], tuple[Evaluation, Fleet]] = OrderedDict()
+        self._packs: dict[str, RulePack] = {}
+        # Per-process counters (the Prometheus convention for counters; sum across processes).
+        self.reports_total: Counter[str] = Counter()
+        self.auth_refusals_total: Counter[str] = Counter()
+        self._snapshot = LedgerSnapshot(ruleset_id="", ruleset_status="unknown")
+        self._snapshot_key: tuple[int, int] | None = None
+
+    # -- registry -------------------------------------------------------------------------
+    def load_registry_file(self, path: Path, actor: str = "registry-file") -> bool:
+        """Validate and record the registry file; True when it changed the ledger's registry."""
+        doc = registry_doc(path, self.catalogue)
+        changed = ingest.set_registry(self.store, doc, str(path), self.now(), actor)
+        if changed:
+            log.info("registry %s recorded as a new event", path)
+        return changed
+
+    def registry(self, conn: Connection) -> Fleet:
+        """The registry's Fleet as the database holds it now (parsed once per digest)."""
+        reg_t = table("registry")
+        row = conn.execute(sa.select(reg_t.c.digest, reg_t.c.doc, reg_t.c.origin)).first()
+        if row is None:
+            raise UnavailableError("registry", "no registry loaded (serve --registry FILE)")
+        cached = self._registry
+        if cached is not None and cached[0] == row.digest:
+            return cached[1]
+        fleet = ingest.load_registry_doc(json.loads(row.doc), row.origin, self.catalogue)
+        self._registry = (row.digest, fleet)
+        self._sites = {s.id: s.entity for s in fleet.sites}
+        return fleet
+
+    def pack(self, ruleset_id: str) -> RulePack:
+        if ruleset_id not in self._packs:
+            self._packs[ruleset_id] = load_ruleset(ruleset_id)
+        return self._packs[ruleset_id]
+
+    # -- time -----------------------------------------------------------------------------
+    def now(self) -> datetime:
+        return self.settings.clock()
+
+    def today(self) -> date:
+        return self.now().date()
+
+    # -- ingest ---------------------------------------------------------------------------
+    def ingest(self, report: Report) -> ingest.Outcome:
+        try:
+            outcome = ingest.ingest_report(
+                self.store, report, self.catalogue, self.now(), self._sites
+            )
+        except InputError:
+            self.count_report("rejected")
+            raise
+        self.count_report(outcome.status)
+        return outcome
+
+    def count_report(self, status: str) -> None:
+        with self._lock:
+            self.reports_total[status] += 1
+
+    # -- auth -----------------------------------------------------------------------------
+    def authenticate(self, header: str | None, kind: str) -> tokens.Principal:
+        """The principal of an `Authorization: Bearer` header, refusing (and counting) others."""
+        try:
+            if not header:
+                raise AuthError(401, "no_token", "no bearer token")
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise AuthError(401, "malformed_token", "expected 'Authorization: Bearer TOKEN'")
+            principal = tokens.verify(token.strip(), self.key)
+            if self.revocations.is_revoked(principal.token_id):
+                raise AuthError(401, "revoked", f"token {principal.token_id} was revoked")
+            if principal.kind != kind:
+                raise AuthError(403, "wrong_kind", f"a {principal.kind} token cannot do this")
+        except AuthError as exc:
+            self.refuse(exc)
+            raise
+        return principal
+
+    def refuse(self, exc: AuthError) -> None:
+        with self._lock:
+            self.auth_refusals_total[exc.reason] += 1
+        log.warning("refused (%s): %s", exc.reason, exc.detail)
+
+    # -- headroom -------------------------------------------------------------------------
+    def evaluation(self, as_of: date) -> tuple[Evaluation, Fleet]:
+        """The unfiltered evaluation on `as_of`, cached per projection version."""
+        version = self.store.state().projection_version
+        key = (as_of, version)
+        with self._lock:
+            hit = self._evals.get(key)
+            if hit is not None:
+                self._evals.move_to_end(key)
+                return hit
+        with self.store.read() as conn:
+            registry = self.registry(conn)
+            line_t = table("inventory_line")
+            observed = [
+                ObservedLine(**{k: v for k, v in r._mapping.items() if k != "key"})
+                for r in conn.execute(sa.select(line_t))
+            ]
+        fleet = with_observed(registry, observed)
+        ev = evaluate(fleet, self.pack(fleet.ruleset), as_of)
+        with self._lock:
+            self._evals[key] = (ev, fleet)
+            while len(self._evals) > _EVAL_CACHE:
+                self._evals.popitem(last=False)
+        return ev, fleet
+
+    # -- metrics --------------------------------------------------------------------------
+    def snapshot(self) -> LedgerSnapshot:
+        """The latest snapshot with this process's counters (no SQL here: scrape path)."""
+        with self._lock:
+            return replace(
+                self._snapshot,
+                reports_total=dict(self.reports_total),
+                auth_refusals_total=dict(self.auth_refusals_total),
+            )
+
+    def refresh_snapshot(self, force: bool = False) -> None:
+        """Rebuild the SQL-derived part of the snapshot when the database moved."""
+        state = self.store.state()
+        key = (state.head_seq, state.projection_version)
+        if not force and key == self._snapshot_key:
+            return
+        ev, fleet = self.evaluation(self.today())
+        with self.store.read() as conn:
+            found = reconcile.findings(
+                conn, fleet, self.now(), self.settings.stale_after_s, self.today()
+            )
+            nodes = reconcile.node_counts(conn, self.now(), self.settings.stale_after_s)
+        snap = LedgerSnapshot(
+            ruleset_id=ev.ruleset.id,
+            ruleset_status=ev.ruleset.status,
+            caps=tuple(
+                CapSample(
+                    rule=c.rule,
+                    scope=c.scope,
+                    used_tpp=float(c.used_tpp),
+                    headroom_tpp=float(c.headroom_tpp),
+                    breached=c.status == "breach",
+                    limit_tpp=None if c.limit_tpp is None else float(c.limit_tpp),
+                )
+                for c in ev.checks
+            ),
+            sites=tuple(
+                SiteSample(s.id, s.entity, s.country, str(s.tier), float(s.installed_tpp))
+                for s in ev.sites
+            ),
+            nodes=nodes,
+            findings=dict(found["counts"]),
+            eventlog_rows=state.head_seq,
+        )
+        with self._lock:
+            self._snapshot = snap
+            self._snapshot_key = key
+
+    def event_rows(self) -> int:
+        with self.store.read() as conn:
+            return eventlog.count_rows(conn)

@@ -1,0 +1,87 @@
+"""Ledger configuration: CLI flags first, then GPUCAP_* variables, then defaults.
+
+Nothing here is read at import time; `Settings.from_env(environ, **overrides)` is called by the
+CLI (or a test) and the result is handed to `create_app(settings)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gpucap.core.errors import InputError
+
+DEFAULT_DB = "sqlite:///gpucap.db"
+
+
+def utc_now() -> datetime:
+    """The ledger's clock (timezone-aware UTC); tests hand `Settings` a fake instead."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a ledger process needs; durations in seconds, sizes in bytes."""
+
+    db_url: str = DEFAULT_DB
+    registry: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = 8470
+    secret: str | None = None  # token signing key; None: the key stored in the database
+    report_interval_s: float = 300.0  # the agents' reporting interval
+    stale_intervals: float = 3.0  # a node silent for this many intervals is stale
+    revocation_ttl_s: float = 5.0  # how long a process trusts its cached revocation list
+    max_body_bytes: int = 4 * 1024 * 1024
+    sqlite_synchronous: str = "FULL"  # FULL: a commit is on disk before the reply
+    clock: Callable[[], datetime] = field(default=utc_now, compare=False)
+
+    @property
+    def stale_after_s(self) -> float:
+        return self.report_interval_s * self.stale_intervals
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
+        """Settings from GPUCAP_* variables, with explicit (non-None) overrides on top."""
+        base = cls()
+        values: dict[str, Any] = {}
+        text = {
+            "GPUCAP_DB": "db_url",
+            "GPUCAP_LEDGER_HOST": "host",
+            "GPUCAP_LEDGER_SECRET": "secret",
+            "GPUCAP_SQLITE_SYNCHRONOUS": "sqlite_synchronous",
+        }
+        for var, name in text.items():
+            if environ.get(var):
+                values[name] = environ[var]
+        if environ.get("GPUCAP_REGISTRY"):
+            values["registry"] = Path(environ["GPUCAP_REGISTRY"])
+        numbers: dict[str, tuple[str, type[int] | type[float]]] = {
+            "GPUCAP_LEDGER_PORT": ("port", int),
+            "GPUCAP_REPORT_INTERVAL_S": ("report_interval_s", float),
+            "GPUCAP_STALE_INTERVALS": ("stale_intervals", float),
+            "GPUCAP_REVOCATION_TTL_S": ("revocation_ttl_s", float),
+            "GPUCAP_MAX_BODY_BYTES": ("max_body_bytes", int),
+        }
+        for var, (name, kind) in numbers.items():
+            raw = environ.get(var)
+            if raw:
+                try:
+                    number = kind(raw)
+                except ValueError:
+                    raise InputError(var, f"expected a number, got {raw!r}") from None
+                if number < 0:
+                    raise InputError(var, f"must not be negative, got {raw!r}")
+                values[name] = number
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = replace(base, **values)
+        if settings.sqlite_synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise InputError("GPUCAP_SQLITE_SYNCHRONOUS", "expected OFF, NORMAL, FULL or EXTRA")
+        return settings
+
+
+def iso_instant(moment: datetime) -> str:
+    """A fixed-width UTC instant (`2026-01-05T10:00:00.000000Z`) that sorts as text."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

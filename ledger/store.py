@@ -1,0 +1,161 @@
+"""Database access: engines, migrations on start, and the one way to write.
+
+Every write runs in `Store.write()`, which serialises writers across threads *and processes*:
+SQLite opens the transaction with BEGIN IMMEDIATE (one writer per file, WAL lets readers on);
+PostgreSQL locks the single `ledger_state` row with SELECT ... FOR UPDATE. Under that lock the
+event log's previous hash and each node's last `seq` are read and advanced, so two ledger
+processes can never chain two events onto one hash or accept one report twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from gpucap.ledger.errors import UnavailableError
+from gpucap.ledger.settings import Settings
+from gpucap.ledger.tables import table
+
+_MIGRATION_LOCK = 0x67707563  # PostgreSQL advisory lock id held while migrating ("gpuc")
+
+
+@dataclass(frozen=True)
+class State:
+    """The `ledger_state` row as a write transaction found it."""
+
+    head_seq: int
+    head_hash: str
+    projection_version: int
+    auth_version: int
+    token_key: str
+
+
+class Store:
+    """The database of one ledger: a write engine and a read engine (the same for PostgreSQL)."""
+
+    def __init__(self, url: str, sqlite_synchronous: str = "FULL") -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        try:
+            if self.is_sqlite:
+                self.engine = _sqlite_engine(url, sqlite_synchronous, immediate=True)
+                self.read_engine = _sqlite_engine(url, sqlite_synchronous, immediate=False)
+            else:
+                self.engine = sa.create_engine(url, pool_pre_ping=True, pool_size=8)
+                self.read_engine = self.engine
+        except (sa.exc.ArgumentError, ImportError) as exc:
+            raise UnavailableError("db", f"cannot use database URL {url!r}: {exc}") from exc
+
+    @classmethod
+    def open(cls, settings: Settings, *, migrate: bool = True) -> Store:
+        """Connect and (by default) bring the schema to the newest migration."""
+        store = cls(settings.db_url, settings.sqlite_synchronous)
+        if migrate:
+            store.migrate()
+        return store
+
+    def close(self) -> None:
+        self.engine.dispose()
+        if self.read_engine is not self.engine:
+            self.read_engine.dispose()
+
+    def migrate(self) -> str:
+        """Run the shipped Alembic migrations up to head; returns the head revision."""
+        from alembic import command
+        from alembic.config import Config
+        from alembic.script import ScriptDirectory
+
+        config = Config()
+        config.set_main_option(
+            "script_location", str(resources.files("gpucap.ledger").joinpath("migrations"))
+        )
+        try:
+            with self.engine.begin() as conn:
+                if not self.is_sqlite:
+                    lock = sa.text("SELECT pg_advisory_xact_lock(:k)")
+                    conn.execute(lock, {"k": _MIGRATION_LOCK})
+                config.attributes["connection"] = conn
+                command.upgrade(config, "head")
+        except sa.exc.OperationalError as exc:
+            raise UnavailableError("db", f"cannot migrate {self.safe_url}: {exc.orig}") from exc
+        head = ScriptDirectory.from_config(config).get_current_head()
+        return head or ""
+
+    @property
+    def safe_url(self) -> str:
+        return sa.engine.make_url(self.url).render_as_string(hide_password=True)
+
+    @contextmanager
+    def write(self) -> Iterator[tuple[Connection, State]]:
+        """A write transaction holding the ledger-wide writer lock, with the state it found."""
+        state_t = table("ledger_state")
+        try:
+            with self.engine.begin() as conn:
+                query = sa.select(state_t).where(state_t.c.id == 1)
+                if not self.is_sqlite:
+                    query = query.with_for_update()
+                row = conn.execute(query).one()
+                yield (
+                    conn,
+                    State(
+                        row.head_seq,
+                        row.head_hash,
+                        row.projection_version,
+                        row.auth_version,
+                        row.token_key,
+                    ),
+                )
+        except sa.exc.OperationalError as exc:
+            raise UnavailableError("db", f"database error: {exc.orig}") from exc
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read transaction (a consistent snapshot on both databases)."""
+        try:
+            with self.read_engine.begin() as conn:
+                yield conn
+        except sa.exc.OperationalError as exc:
+            raise UnavailableError("db", f"database error: {exc.orig}") from exc
+
+    def state(self) -> State:
+        """The current state row, read without the writer lock."""
+        state_t = table("ledger_state")
+        with self.read() as conn:
+            row = conn.execute(sa.select(state_t).where(state_t.c.id == 1)).one()
+        return State(
+            row.head_seq, row.head_hash, row.projection_version, row.auth_version, row.token_key
+        )
+
+
+def bump(conn: Connection, **changes: Any) -> None:
+    """Update the state row inside a write transaction (head, version counters)."""
+    state_t = table("ledger_state")
+    conn.execute(sa.update(state_t).where(state_t.c.id == 1).values(**changes))
+
+
+def _sqlite_engine(url: str, synchronous: str, *, immediate: bool) -> Engine:
+    engine = sa.create_engine(
+        url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=8
+    )
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event issue BEGIN itself (pysqlite would defer it).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine

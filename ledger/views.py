@@ -1,0 +1,248 @@
+"""Pure views over the ledger's projections: the engine's Fleet, scopes, and what-if fleets.
+
+Scopes are the engine's strings: `country:XX`, `entity:E`, `entity:E/country:XX`,
+`consignee:E/year:Y`; a request may also name `site:S`. An operator limited to entity E sees the
+checks whose entity parts all name E, and the country checks of the countries where E has sites.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from datetime import date
+from fractions import Fraction
+from typing import Any
+
+from gpucap.core.catalogue import Catalogue
+from gpucap.core.classify import INDETERMINATE, classify
+from gpucap.core.engine import Check, Evaluation
+from gpucap.core.fleet import Fleet, Line, Site
+from gpucap.core.report import ordered_checks, tpp_number
+from gpucap.ledger.errors import AuthError, RejectedError
+from gpucap.ledger.models import Placement, WhatIf
+
+_ENTITY_KINDS = ("entity", "consignee")
+
+
+@dataclass(frozen=True)
+class ObservedLine:
+    """A row of `inventory_line`: observed devices aggregated for the engine."""
+
+    site_id: str
+    model: str | None
+    tpp: int
+    eccn_class: str
+    installed: str
+    removed: str | None
+    count: int
+
+
+def with_observed(registry: Fleet, observed: Iterable[ObservedLine]) -> Fleet:
+    """The registry's fleet plus observed devices as lines (`installed` = first seen)."""
+    lines = tuple(
+        Line(
+            site=o.site_id,
+            count=o.count,
+            tpp_per_device=Fraction(o.tpp),
+            eccn_class=o.eccn_class,
+            installed=date.fromisoformat(o.installed),
+            removed=date.fromisoformat(o.removed) if o.removed else None,
+            model=o.model,
+        )
+        for o in observed
+        if o.count > 0
+    )
+    return replace(registry, lines=registry.lines + lines)
+
+
+def scope_parts(scope: str) -> dict[str, str]:
+    """`entity:E/country:XX` -> {"entity": "E", "country": "XX"}."""
+    parts: dict[str, str] = {}
+    for part in scope.split("/"):
+        kind, _, value = part.partition(":")
+        parts[kind] = value
+    return parts
+
+
+def entity_countries(fleet: Fleet, entity: str) -> frozenset[str]:
+    return frozenset(s.country for s in fleet.sites if s.entity == entity)
+
+
+def can_see(scope: str, entity: str | None, fleet: Fleet) -> bool:
+    """Whether an operator limited to `entity` (None: everything) may see a check's scope."""
+    if entity is None:
+        return True
+    parts = scope_parts(scope)
+    owners = [parts[k] for k in _ENTITY_KINDS if k in parts]
+    if owners:
+        return all(o == entity for o in owners)
+    if "site" in parts:
+        return any(s.id == parts["site"] and s.entity == entity for s in fleet.sites)
+    if "country" in parts:
+        return parts["country"] in entity_countries(fleet, entity)
+    return False
+
+
+def parse_request_scope(scope: str, fleet: Fleet) -> tuple[str, str]:
+    """Validate a requested scope; RejectedError (422) when it names nothing in the registry."""
+    kind, sep, value = scope.partition(":")
+    if not sep or kind not in ("country", "entity", "site") or not value:
+        raise RejectedError("scope", "expected country:XX, entity:E or site:S")
+    known = {
+        "country": {s.country for s in fleet.sites},
+        "entity": {e.id for e in fleet.entities},
+        "site": {s.id for s in fleet.sites},
+    }[kind]
+    if value not in known:
+        raise RejectedError("scope", f"no {kind} {value!r} in the registry")
+    return kind, value
+
+
+def _site(fleet: Fleet, site_id: str) -> Site | None:
+    return next((s for s in fleet.sites if s.id == site_id), None)
+
+
+def matches(scope: str, requested: tuple[str, str], fleet: Fleet) -> bool:
+    """Whether a check belongs to a requested scope (a site: its entity's and country's checks)."""
+    kind, value = requested
+    parts = scope_parts(scope)
+    if kind == "country":
+        return parts.get("country") == value
+    if kind == "entity":
+        return any(parts.get(k) == value for k in _ENTITY_KINDS)
+    site = _site(fleet, value)
+    assert site is not None  # parse_request_scope checked it
+    owners = [parts[k] for k in _ENTITY_KINDS if k in parts]
+    if owners:
+        return all(o == site.entity for o in owners) and parts.get("country", site.country) == (
+            site.country
+        )
+    return parts.get("country") == site.country
+
+
+def require_visible(requested: tuple[str, str], entity: str | None, fleet: Fleet) -> None:
+    """AuthError(403) when an entity-limited operator asks for a scope it may not see."""
+    if entity is None:
+        return
+    kind, value = requested
+    if kind == "entity":
+        ok = value == entity
+    elif kind == "site":
+        site = _site(fleet, value)
+        ok = site is not None and site.entity == entity
+    else:
+        ok = value in entity_countries(fleet, entity)
+    if not ok:
+        raise AuthError(
+            403, "scope_forbidden", f"operator token for {entity!r} may not see {kind}:{value}"
+        )
+
+
+def filtered(
+    ev: Evaluation, fleet: Fleet, entity: str | None, requested: tuple[str, str] | None
+) -> Evaluation:
+    """The evaluation with only the checks and sites the caller may see and asked for."""
+
+    def keep(check: Check) -> bool:
+        if not can_see(check.scope, entity, fleet):
+            return False
+        return requested is None or matches(check.scope, requested, fleet)
+
+    def keep_site(site_id: str, site_entity: str, country: str) -> bool:
+        if entity is not None and site_entity != entity:
+            return False
+        if requested is None:
+            return True
+        kind, value = requested
+        return {"country": country, "entity": site_entity, "site": site_id}[kind] == value
+
+    return replace(
+        ev,
+        checks=tuple(c for c in ev.checks if keep(c)),
+        sites=tuple(s for s in ev.sites if keep_site(s.id, s.entity, s.country)),
+    )
+
+
+def _resolve(item: Placement, path: str, catalogue: Catalogue) -> tuple[Fraction, str, str | None]:
+    if item.model is not None:
+        acc = catalogue.get(item.model)
+        if acc is None:
+            raise RejectedError(f"{path}.model", f"unknown model {item.model!r}")
+        return Fraction(acc.tpp), acc.eccn_class, acc.id
+    assert item.tpp is not None
+    cls = classify(Fraction(item.tpp), None, True, catalogue.thresholds).eccn_class
+    if cls == INDETERMINATE:
+        raise RejectedError(f"{path}.tpp", "performance density decides its class; give a model")
+    return Fraction(item.tpp), cls, None
+
+
+def _active(line: Line, on: date) -> bool:
+    return line.installed <= on and (line.removed is None or line.removed > on)
+
+
+def whatif_fleet(fleet: Fleet, req: WhatIf, as_of: date, catalogue: Catalogue) -> Fleet:
+    """The fleet after the request's additions (installed on `as_of`) and removals (on `as_of`)."""
+    sites = {s.id for s in fleet.sites}
+    lines = list(fleet.lines)
+    for name, items in (("add", req.add), ("remove", req.remove)):
+        for i, item in enumerate(items):
+            path = f"{name}[{i}]"
+            if item.site not in sites:
+                raise RejectedError(f"{path}.site", f"no site {item.site!r} in the registry")
+            tpp, cls, model = _resolve(item, path, catalogue)
+            if name == "add":
+                lines.append(Line(item.site, item.count, tpp, cls, as_of, None, "standard", model))
+                continue
+            left = item.count
+            for j, ln in enumerate(lines):
+                if left == 0:
+                    break
+                same = ln.model == model if model is not None else ln.tpp_per_device == tpp
+                if ln.site != item.site or not same or not _active(ln, as_of):
+                    continue
+                take = min(left, ln.count)
+                left -= take
+                gone = replace(ln, count=take, removed=as_of)
+                lines[j] = replace(ln, count=ln.count - take)
+                lines.append(gone)
+            if left:
+                raise RejectedError(
+                    f"{path}.count", f"only {item.count - left} such devices at {item.site}"
+                )
+    return replace(fleet, lines=tuple(ln for ln in lines if ln.count > 0))
+
+
+def whatif_answer(
+    before: Evaluation,
+    after: Evaluation,
+    visible: Callable[[Check], bool],
+    to_dict: Callable[[Check], dict[str, Any]],
+) -> dict[str, Any]:
+    """`allowed`: no check (visible or not) breaches after the change where it got worse.
+
+    `binding`: the visible check the change moved with the least headroom left (None if none).
+    """
+    old = {(c.rule, c.scope): c for c in before.checks}
+    moved = []
+    allowed = True
+    for c in after.checks:
+        prior = old.get((c.rule, c.scope))
+        if prior is not None and prior.headroom_tpp == c.headroom_tpp:
+            continue
+        if c.status == "breach" and (prior is None or c.headroom_tpp < prior.headroom_tpp):
+            allowed = False
+        if visible(c):
+            moved.append(c)
+    binding = min(moved, key=lambda c: c.headroom_tpp, default=None)
+    return {
+        "allowed": allowed,
+        "binding": None
+        if binding is None
+        else {
+            "rule": binding.rule,
+            "scope": binding.scope,
+            "headroom_tpp": tpp_number(binding.headroom_tpp),
+        },
+        "before": [to_dict(c) for c in ordered_checks(before.checks) if visible(c)],
+        "after": [to_dict(c) for c in ordered_checks(after.checks) if visible(c)],
+    }
