@@ -20,10 +20,11 @@ from gpucap.exporters.snapshots import AgentSnapshot
 
 _log = logging.getLogger(__name__)
 
-# The standard device states, always emitted (0 or 1 per device, a count per state for the node)
-# so that alerts can compare against 0 instead of testing for absent series. A state the agent
-# reports outside this set is emitted as well.
-DEVICE_STATES: tuple[str, ...] = ("ok", "lost", "unsupported")
+# The agent's device states (ok; lost: fell off the bus; unsupported: NVML gives no handle;
+# error: any other NVML failure; missing: seen earlier, now gone from enumeration). All are
+# emitted (0 or 1 per device, a count per state for the node) so alerts compare against 0
+# instead of testing for absent series; a state outside this set is emitted as well.
+DEVICE_STATES: tuple[str, ...] = ("ok", "lost", "unsupported", "error", "missing")
 
 AGENT_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(

@@ -115,6 +115,8 @@ def test_scrape_over_http_reports_every_value(served: MetricsServer) -> None:
         (("state", "ok"),): 2.0,
         (("state", "lost"),): 1.0,
         (("state", "unsupported"),): 0.0,
+        (("state", "error"),): 0.0,
+        (("state", "missing"),): 0.0,
     }
     assert samples(fams, "gpucap_agent_collect_duration_seconds") == {(): 0.125}
     assert samples(fams, "gpucap_agent_last_report_success_timestamp_seconds") == {
