@@ -1,0 +1,195 @@
+"""The durable on-disk spool: every report is on disk before it is sent, until acknowledged.
+
+Layout under the spool directory:
+    state.json                     {"next_seq": N, "last_fingerprint": "..."}
+    reports/<seq>.<c|h>.json       a pending report; c carries a change, h is a heartbeat
+    quarantine/<name>              reports the ledger rejected (4xx) and unreadable files,
+                                   each with a <name>.reason beside it
+
+Every write is temp file + fsync + rename + fsync of the directory, so a crash (kill -9,
+power loss) leaves either the old or the new file. `reserve()` persists the next sequence
+number before the caller uses one, so a sequence number is never handed out twice, even if
+the process dies between reserving and writing its report (that number is simply skipped).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gpucap.agent.errors import SpoolError
+
+log = logging.getLogger("gpucap.agent.spool")
+
+
+@dataclass(frozen=True)
+class Spooled:
+    seq: int
+    change: bool
+    path: Path
+    report: dict[str, Any]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so that a crash leaves the old or the new content, whole."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class Spool:
+    """Pending reports in sequence order, bounded to `max_reports` (heartbeats dropped first)."""
+
+    def __init__(self, directory: Path, max_reports: int = 10_000) -> None:
+        self.directory = directory
+        self.max_reports = max_reports
+        self._reports = directory / "reports"
+        self._quarantine = directory / "quarantine"
+        self._state = directory / "state.json"
+        try:
+            self._reports.mkdir(parents=True, exist_ok=True)
+            self._quarantine.mkdir(parents=True, exist_ok=True)
+            for stale in self._reports.glob(".*.tmp"):
+                stale.unlink()  # a write interrupted before its rename
+        except OSError as exc:
+            raise SpoolError(
+                str(directory), f"cannot use spool directory: {exc.strerror or exc}"
+            ) from exc
+        self._next_seq, self.last_fingerprint = self._load_state()
+        highest = max((s for s, _ in self._entries()), default=0)
+        self._next_seq = max(self._next_seq, highest + 1)
+
+    def _load_state(self) -> tuple[int, str | None]:
+        try:
+            raw = json.loads(self._state.read_text(encoding="utf-8"))
+            seq = raw["next_seq"]
+            fingerprint = raw.get("last_fingerprint")
+            if not isinstance(seq, int) or seq < 1:
+                raise ValueError("next_seq")
+            return seq, fingerprint if isinstance(fingerprint, str) else None
+        except FileNotFoundError:
+            return 1, None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            # The state is rebuilt from the reports and quarantine; keep the broken file aside.
+            self._quarantine_file(self._state, f"unreadable spool state: {exc}")
+            quarantined = [self._seq_of(p.name) for p in self._quarantine.glob("*.json")]
+            return max([s for s in quarantined if s is not None], default=0) + 1, None
+
+    def _write_state(self) -> None:
+        body = {"next_seq": self._next_seq, "last_fingerprint": self.last_fingerprint}
+        atomic_write(self._state, json.dumps(body).encode())
+
+    @staticmethod
+    def _seq_of(name: str) -> int | None:
+        head = name.split(".", 1)[0]
+        return int(head) if head.isdigit() else None
+
+    def _entries(self) -> list[tuple[int, Path]]:
+        entries = []
+        for path in self._reports.iterdir():
+            if path.name.startswith("."):
+                continue
+            seq = self._seq_of(path.name)
+            if seq is None:
+                self._quarantine_file(path, "not a spool file name")
+                continue
+            entries.append((seq, path))
+        return sorted(entries)
+
+    def reserve(self) -> int:
+        """The next sequence number, persisted as used before it is returned."""
+        seq = self._next_seq
+        self._next_seq += 1
+        self._write_state()
+        return seq
+
+    def put(self, seq: int, report: dict[str, Any], *, change: bool, fingerprint: str) -> bool:
+        """Store a report durably; False if it was a heartbeat dropped because the spool is full."""
+        entries = self._entries()
+        if len(entries) >= self.max_reports:
+            heartbeats = [p for _, p in entries if ".h." in p.name]
+            if heartbeats:
+                heartbeats[0].unlink()
+                _fsync_dir(self._reports)
+                log.warning(
+                    "spool full (%d reports): dropped oldest heartbeat %s",
+                    len(entries),
+                    heartbeats[0].name,
+                )
+            elif not change:
+                log.warning("spool full of changes: heartbeat %d not stored", seq)
+                self.last_fingerprint = fingerprint
+                self._write_state()
+                return False
+            else:
+                log.error(
+                    "spool over its bound (%d reports), keeping change report %d", len(entries), seq
+                )
+        kind = "c" if change else "h"
+        atomic_write(
+            self._reports / f"{seq:020d}.{kind}.json", json.dumps(report, sort_keys=True).encode()
+        )
+        self.last_fingerprint = fingerprint
+        self._write_state()
+        return True
+
+    def pending(self) -> list[Spooled]:
+        """Pending reports, oldest first; unreadable files are quarantined on the way."""
+        out = []
+        for seq, path in self._entries():
+            try:
+                report = json.loads(path.read_text(encoding="utf-8"))
+                if not isinstance(report, dict) or report.get("seq") != seq:
+                    raise ValueError("not a report with the sequence number of its file name")
+            except (OSError, ValueError) as exc:
+                self._quarantine_file(path, f"corrupt spool file: {exc}")
+                continue
+            out.append(Spooled(seq, ".c." in path.name, path, report))
+        return out
+
+    def count(self) -> int:
+        return sum(1 for p in self._reports.iterdir() if not p.name.startswith("."))
+
+    def acknowledge(self, item: Spooled) -> None:
+        """The ledger has the report: it leaves the spool."""
+        item.path.unlink(missing_ok=True)
+        _fsync_dir(self._reports)
+
+    def quarantine(self, item: Spooled, reason: str) -> None:
+        """The ledger refused the report for good: keep it aside with the reason, never resend."""
+        self._quarantine_file(item.path, reason)
+
+    def quarantined(self) -> list[Path]:
+        return sorted(p for p in self._quarantine.iterdir() if not p.name.endswith(".reason"))
+
+    def _quarantine_file(self, path: Path, reason: str) -> None:
+        target = self._quarantine / path.name
+        n = 1
+        while target.exists():
+            target = self._quarantine / f"{path.name}.{n}"
+            n += 1
+        try:
+            os.replace(path, target)
+            atomic_write(target.with_name(target.name + ".reason"), (reason + "\n").encode())
+        except OSError as exc:
+            log.error("cannot quarantine %s: %s", path, exc)
+            return
+        log.error("quarantined %s: %s", path.name, reason)
