@@ -1,0 +1,122 @@
+"""The Grafana dashboard: well-formed, and every PromQL expression names exported series."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from deploy_testkit import DEPLOY, KNOWN_SERIES, check_balanced, metric_names, promtool, run
+
+DASHBOARD = DEPLOY / "grafana" / "gpucap.json"
+_LABEL_VALUES = re.compile(r"^label_values\((?:(?P<metric>[^,()]+),\s*)?(?P<label>\w+)\)$")
+# Grafana variables replaced by what Grafana would substitute, for a PromQL syntax check.
+_SUBSTITUTIONS = {"$__rate_interval": "5m", "$__interval": "1m", "$rule": ".*", "$site": ".*"}
+
+
+def _dashboard() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return loaded
+
+
+def _panels() -> list[dict[str, Any]]:
+    out = []
+    for panel in _dashboard()["panels"]:
+        out.append(panel)
+        out.extend(panel.get("panels", []))
+    return out
+
+
+def _exprs() -> list[tuple[str, str]]:
+    return [
+        (panel["title"], target["expr"])
+        for panel in _panels()
+        for target in panel.get("targets", [])
+    ]
+
+
+def test_dashboard_identity_and_variables() -> None:
+    dash = _dashboard()
+    assert dash["uid"] == "gpucap-fleet"
+    assert dash["title"]
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    for name in ("rule", "site"):
+        query = variables[name]["query"]["query"]
+        match = _LABEL_VALUES.match(query)
+        assert match, query
+        assert match["metric"] in KNOWN_SERIES
+
+
+def test_panels_are_unique_placed_and_use_the_datasource_variable() -> None:
+    panels = _panels()
+    ids = [panel["id"] for panel in panels]
+    assert len(ids) == len(set(ids))
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0, panel["title"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        assert panel["description"], panel["title"]
+        assert panel["targets"], panel["title"]
+        refs = [target["refId"] for target in panel["targets"]]
+        assert len(refs) == len(set(refs)), panel["title"]
+
+
+def test_panels_do_not_overlap() -> None:
+    cells: dict[tuple[int, int], str] = {}
+    for panel in _panels():
+        grid = panel["gridPos"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in cells, f"{panel['title']} overlaps {cells[(x, y)]}"
+                cells[(x, y)] = panel["title"]
+
+
+def test_the_dashboard_covers_what_operators_watch() -> None:
+    text = " ".join(f"{title} {expr}" for title, expr in _exprs()).lower()
+    for needle in (
+        "headroom",
+        "gpucap_cap_breached",
+        "h100e by site",
+        "h100e by model",
+        "gpucap_nodes",
+        "agent health",
+        'up{job="gpucap-agent"}',
+    ):
+        assert needle in text, needle
+
+
+@pytest.mark.parametrize(("title", "expr"), _exprs(), ids=[title for title, _ in _exprs()])
+def test_every_expression_names_exported_series(title: str, expr: str) -> None:
+    check_balanced(expr)
+    names = metric_names(expr)
+    assert names, f"{title}: no metric in {expr!r}"
+    assert names <= KNOWN_SERIES, f"{title}: unknown {sorted(names - KNOWN_SERIES)}"
+
+
+def test_every_expression_parses_as_promql(tmp_path: Path) -> None:
+    # promtool parses each rule's PromQL; recording rules let it check the dashboard's queries.
+    rules = []
+    for index, (_, expr) in enumerate(_exprs()):
+        for variable, value in _SUBSTITUTIONS.items():
+            expr = expr.replace(variable, value)
+        assert "$" not in expr, expr
+        rules.append({"record": f"gpucap:dashboard_check:{index}", "expr": expr})
+    path = tmp_path / "dashboard-rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    result = run(promtool(), "check", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_syntax_check_can_fail(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yml"
+    bad = {"record": "gpucap:bad", "expr": "sum by (site (gpucap_nodes)"}
+    path.write_text(yaml.safe_dump({"groups": [{"name": "bad", "rules": [bad]}]}))
+    assert run(promtool(), "check", "rules", str(path)).returncode != 0
