@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from gpucap.core.catalogue import Catalogue
 from gpucap.ledger.eventlog import canonical
@@ -73,7 +73,7 @@ class Change:
     """Rows to write and line counts to adjust; empty when the report changed nothing."""
 
     rows: tuple[DeviceRow, ...] = ()
-    line_deltas: Mapping[LineSpec, int] = Counter()
+    line_deltas: Mapping[LineSpec, int] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:

@@ -1,0 +1,198 @@
+"""Ingest on both databases: idempotency, inventory changes, decommission, rebuild."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import date
+from fractions import Fraction
+
+import pytest
+import sqlalchemy as sa
+
+from gpucap.core.catalogue import default_catalogue
+from gpucap.core.report import evaluation_to_dict
+from gpucap.ledger import ingest
+from gpucap.ledger.errors import RejectedError
+from gpucap.ledger.models import Report
+from gpucap.ledger.service import Ledger
+from gpucap.ledger.tables import table
+from tests.ledger.support import H100_TPP, Clock, at, device, report
+
+
+def rep(**kw: object) -> Report:
+    return Report.model_validate_json(json.dumps(report(**kw)))  # type: ignore[arg-type]
+
+
+def count(led: Ledger, name: str) -> int:
+    with led.store.read() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(table(name))).scalar_one())
+
+
+def lines(led: Ledger) -> list[tuple[str, str, int, str | None, int]]:
+    t = table("inventory_line")
+    with led.store.read() as conn:
+        return [
+            (r.site_id, r.installed, r.tpp, r.removed, r._mapping["count"])
+            for r in conn.execute(sa.select(t).order_by(t.c.key))
+        ]
+
+
+def check(led: Ledger, rule: str, scope: str, day: date) -> dict[str, object]:
+    ev, _ = led.evaluation(day)
+    found = [c for c in evaluation_to_dict(ev)["checks"] if (c["rule"], c["scope"]) == (rule, scope)]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_accepts_then_refuses_the_same_and_a_lower_seq(ledger: Ledger) -> None:
+    assert ledger.ingest(rep(seq=5)).status == "accepted"
+    events = count(ledger, "event")
+    assert ledger.ingest(rep(seq=5)).status == "duplicate"
+    assert ledger.ingest(rep(seq=3)).status == "duplicate"
+    assert count(ledger, "event") == events
+    assert lines(ledger) == [("acme-ae-1", "2025-09-01", H100_TPP, None, 8)]
+
+
+def test_unchanged_report_appends_an_event_but_keeps_projections(ledger: Ledger) -> None:
+    ledger.ingest(rep(seq=1))
+    version = ledger.store.state().projection_version
+    ledger.ingest(rep(seq=2))
+    assert ledger.store.state().projection_version == version
+    assert count(ledger, "event") == 3  # registry + two reports
+    assert lines(ledger) == [("acme-ae-1", "2025-09-01", H100_TPP, None, 8)]
+
+
+def test_a_vanished_device_stops_counting_for_installed_base(
+    ledger: Ledger, clock: Clock
+) -> None:
+    ledger.ingest(rep(seq=1))
+    clock.moment = at("2025-10-01T00:00:00")
+    ledger.ingest(rep(seq=2, n=6))
+    assert lines(ledger) == [
+        ("acme-ae-1", "2025-09-01", H100_TPP, None, 6),
+        ("acme-ae-1", "2025-09-01", H100_TPP, "2025-10-01", 2),
+    ]
+    share = check(ledger, "uveu_tier2_country_share", "entity:acme/country:AE", date(2025, 10, 2))
+    assert share["used_tpp"] == 6 * H100_TPP
+    # It comes back: it counts again from its first-seen date.
+    ledger.ingest(rep(seq=3, n=8))
+    assert lines(ledger) == [("acme-ae-1", "2025-09-01", H100_TPP, None, 8)]
+
+
+def test_headroom_matches_hand_computation(ledger: Ledger) -> None:
+    ledger.ingest(rep(seq=1))
+    day = date(2025, 9, 2)
+    # acme: 1000 declared H100 in the US, 8 observed in AE (Tier 2). T = 1008 H100.
+    total = Fraction(1008 * H100_TPP)
+    share = check(ledger, "uveu_tier2_country_share", "entity:acme/country:AE", day)
+    assert share["used_tpp"] == 8 * H100_TPP
+    expected = (Fraction(7, 100) * total - 8 * H100_TPP) / Fraction(93, 100)
+    assert share["headroom_tpp"] == pytest.approx(float(expected))
+    us = check(ledger, "uveu_us_share", "entity:acme", day)
+    assert us["headroom_tpp"] == 1000 * H100_TPP * 2 - 1008 * H100_TPP
+    ae = check(ledger, "country_allocation", "country:AE", day)
+    assert ae["used_tpp"] == 0  # UVEU deployments are exempt from the country allocation
+    assert ae["headroom_tpp"] == 790_000_000 * 2
+
+
+def test_decommission_closes_devices_and_refuses_later_reports(
+    ledger: Ledger, clock: Clock
+) -> None:
+    ledger.ingest(rep(seq=1))
+    clock.moment = at("2025-09-10T00:00:00")
+    assert ingest.decommission(ledger.store, "n1", clock(), "operator:test") == 8
+    assert lines(ledger) == [("acme-ae-1", "2025-09-01", H100_TPP, "2025-09-10", 8)]
+    with pytest.raises(RejectedError, match="decommissioned"):
+        ledger.ingest(rep(seq=2))
+    with pytest.raises(RejectedError, match="already"):
+        ingest.decommission(ledger.store, "n1", clock(), "operator:test")
+
+
+def test_refusals_write_nothing(ledger: Ledger) -> None:
+    ledger.ingest(rep(seq=1))
+    before = count(ledger, "event")
+    with pytest.raises(RejectedError, match="site_id"):
+        ledger.ingest(rep(seq=2, site="nowhere-1"))
+    with pytest.raises(RejectedError, match="site_id"):
+        ledger.ingest(rep(seq=2, site="acme-us-1"))  # a node cannot move without decommission
+    with pytest.raises(RejectedError, match=r"devices\[1\]\.uuid"):
+        ledger.ingest(rep(seq=2, devices=[device(0), device(0)]))
+    assert count(ledger, "event") == before
+    assert ledger.store.state().head_seq == before
+
+
+def test_catalogue_overrides_the_agent_and_flags_mismatch(ledger: Ledger) -> None:
+    devices = [
+        device(0, tpp=99999.0),  # the agent's number is wrong: the catalogue's counts
+        device(1, pci_device_id="0xffff", name="Mystery Accelerator", model=None, tpp=None),
+    ]
+    ledger.ingest(rep(seq=1, devices=devices))
+    assert lines(ledger) == [("acme-ae-1", "2025-09-01", H100_TPP, None, 1)]
+    found = ledger_findings(ledger)
+    assert found["counts"]["tpp_mismatch"] == 1
+    assert found["counts"]["unknown_device"] == 1
+    assert found["findings"]["unknown_device"][0]["uuid"] == "GPU-n1-0001"
+
+
+def ledger_findings(led: Ledger) -> dict[str, object]:
+    from gpucap.ledger import reconcile
+
+    with led.store.read() as conn:
+        fleet = led.registry(conn)
+        result: dict[str, object] = reconcile.findings(
+            conn, fleet, led.now(), led.settings.stale_after_s, led.today()
+        )
+    return result
+
+
+def test_reconciliation_duplicates_vanished_stale_declared(ledger: Ledger, clock: Clock) -> None:
+    ledger.ingest(rep(seq=1))
+    shared = device(0)  # the same UUID on a second node at another site: possible diversion
+    ledger.ingest(rep(node="n2", site="acme-us-1", seq=1, devices=[shared]))
+    clock.moment = at("2025-09-01T10:10:00")
+    ledger.ingest(rep(seq=2, n=7))
+    found = ledger_findings(ledger)
+    counts = found["counts"]
+    assert isinstance(counts, dict)
+    assert counts["duplicate_uuid"] == 1
+    assert counts["vanished"] == 1
+    assert counts["stale_node"] == 0
+    assert counts["declared_vs_observed"] == 1  # acme-us-1: 1000 declared, 1 observed
+    clock.moment = at("2025-09-01T12:00:00")  # both silent for more than 3 x 300 s
+    assert ledger_findings(ledger)["counts"]["stale_node"] == 2  # type: ignore[index]
+
+
+def test_rebuild_gives_the_same_answers(ledger: Ledger, clock: Clock) -> None:
+    ledger.ingest(rep(seq=1))
+    clock.moment = at("2025-09-05T00:00:00")
+    ledger.ingest(rep(seq=2, n=5))
+    ledger.ingest(rep(node="n2", site="nimbus-ae-1", seq=1))
+    clock.moment = at("2025-09-06T00:00:00")
+    ingest.decommission(ledger.store, "n2", clock(), "operator:test")
+    day = date(2025, 9, 7)
+    before = evaluation_to_dict(ledger.evaluation(day)[0])
+    lines_before = lines(ledger)
+    assert ingest.rebuild(ledger.store, default_catalogue()) == count(ledger, "event")
+    assert lines(ledger) == lines_before
+    assert evaluation_to_dict(ledger.evaluation(day)[0]) == before
+
+
+def test_concurrent_writers_accept_each_report_once(ledger: Ledger) -> None:
+    results: list[str] = []
+    lock = threading.Lock()
+
+    def post(seq: int) -> None:
+        outcome = ledger.ingest(rep(seq=seq))
+        with lock:
+            results.append(outcome.status)
+
+    threads = [threading.Thread(target=post, args=(s,)) for s in (1, 1, 2, 2, 3, 3) * 2]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    accepted = results.count("accepted")
+    assert 1 <= accepted <= 3  # a lower seq arriving after a higher one is a duplicate
+    assert count(ledger, "event") == 1 + accepted
+    assert lines(ledger) == [("acme-ae-1", "2025-09-01", H100_TPP, None, 8)]
