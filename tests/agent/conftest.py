@@ -1,0 +1,38 @@
+"""Shared helpers for the agent tests: both backends for a scenario, the report schema."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gpucap.agent.fake_libnvml import FakeLibNvml
+from gpucap.agent.fake_machine import FakeMachine
+from gpucap.agent.nvml_fake import FakeBackend
+from gpucap.agent.nvml_real import PynvmlBackend, install_library
+from gpucap.agent.scenario import load_scenario
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def make_backend(kind: str, scenario: str, timeout_seconds: float = 5.0) -> Any:
+    machine = FakeMachine(load_scenario(scenario))
+    if kind == "fake":
+        return FakeBackend(machine, timeout_seconds=timeout_seconds)
+    return PynvmlBackend(timeout_seconds=timeout_seconds, library=FakeLibNvml(machine))
+
+
+@pytest.fixture
+def report_schema() -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads((REPO / "schemas" / "report-v1.schema.json").read_text())
+    return doc
+
+
+@pytest.fixture(autouse=True)
+def _unload_fake_library() -> Iterator[None]:
+    yield
+    install_library(None)  # leave pynvml as it was: no library loaded
