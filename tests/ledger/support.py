@@ -134,9 +134,7 @@ def gpucap(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
 
 
 @contextmanager
-def ledger_server(
-    db_url: str, registry: Path, env: dict[str, str] | None = None
-) -> Iterator[str]:
+def ledger_server(db_url: str, registry: Path, env: dict[str, str] | None = None) -> Iterator[str]:
     """`gpucap ledger serve` on a free loopback port; yields its base URL once ready."""
     port = free_port()
     proc = subprocess.Popen(

@@ -40,7 +40,9 @@ def lines(led: Ledger) -> list[tuple[str, str, int, str | None, int]]:
 
 def check(led: Ledger, rule: str, scope: str, day: date) -> dict[str, object]:
     ev, _ = led.evaluation(day)
-    found = [c for c in evaluation_to_dict(ev)["checks"] if (c["rule"], c["scope"]) == (rule, scope)]
+    found = [
+        c for c in evaluation_to_dict(ev)["checks"] if (c["rule"], c["scope"]) == (rule, scope)
+    ]
     assert len(found) == 1, found
     return found[0]
 
@@ -63,9 +65,7 @@ def test_unchanged_report_appends_an_event_but_keeps_projections(ledger: Ledger)
     assert lines(ledger) == [("acme-ae-1", "2025-09-01", H100_TPP, None, 8)]
 
 
-def test_a_vanished_device_stops_counting_for_installed_base(
-    ledger: Ledger, clock: Clock
-) -> None:
+def test_a_vanished_device_stops_counting_for_installed_base(ledger: Ledger, clock: Clock) -> None:
     ledger.ingest(rep(seq=1))
     clock.moment = at("2025-10-01T00:00:00")
     ledger.ingest(rep(seq=2, n=6))
