@@ -1,0 +1,159 @@
+"""The daemon with a fake clock and an httpx MockTransport ledger: order, retries, quarantine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+import pytest
+
+from gpucap.agent.clock import FakeClock
+from gpucap.agent.config import load_config
+from gpucap.agent.daemon import Daemon
+from gpucap.agent.ledger_client import LedgerClient
+from gpucap.agent.spool import Spool
+from gpucap.core.catalogue import default_catalogue
+
+from .conftest import make_backend
+
+
+class Ledger:
+    """A scripted ledger: `down` requests answer 503, then it accepts (dedup by seq)."""
+
+    def __init__(self, down: int = 0, status: int = 200) -> None:
+        self.down = down
+        self.status = status
+        self.accepted: list[dict[str, Any]] = []
+        self.calls = 0
+        self.auth: set[str] = set()
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        self.calls += 1
+        self.auth.add(request.headers["authorization"])
+        if self.calls <= self.down:
+            return httpx.Response(503, json={"detail": "maintenance"})
+        if self.status != 200:
+            return httpx.Response(self.status, json={"detail": "devices[0].uuid: bad"})
+        body = json.loads(request.content)
+        if any(r["seq"] == body["seq"] for r in self.accepted):
+            return httpx.Response(200, json={"status": "duplicate"})
+        self.accepted.append(body)
+        return httpx.Response(200, json={"status": "accepted", "seq": body["seq"]})
+
+
+def _daemon(tmp_path: Path, ledger: Ledger, scenario: str = "hot-unplug", **flags: str) -> Daemon:
+    config = load_config(
+        {"ledger": "http://ledger.test", "token": "t0k", "node_id": "n1", "site": "s1",
+         "interval_seconds": "10", "spool": str(tmp_path / "spool"), "retry_initial_seconds": "1",
+         "retry_max_seconds": "4", **flags},
+        environ={},
+    )
+    transport = httpx.MockTransport(ledger.handler)
+    return Daemon(
+        config,
+        backend=make_backend("fake", scenario),
+        spool=Spool(config.spool, config.spool_max_reports),
+        sender_factory=lambda c: LedgerClient(c.ledger, c.token, transport=transport),
+        catalogue=default_catalogue(),
+        clock=FakeClock(),
+    )
+
+
+def test_ledger_down_then_up_every_report_once_in_order(
+    tmp_path: Path, report_schema: dict[str, Any]
+) -> None:
+    ledger = Ledger(down=5)
+    daemon = _daemon(tmp_path, ledger)
+    daemon.run(max_collections=8)
+    while daemon.spool.count():  # drain what is left, as the next passes would
+        daemon.send_once()
+    seqs = [r["seq"] for r in ledger.accepted]
+    assert seqs == sorted(seqs) == list(range(1, 9))
+    assert ledger.auth == {"Bearer t0k"}
+    for report in ledger.accepted:
+        jsonschema.validate(report, report_schema)
+    counts = [len(r["devices"]) for r in ledger.accepted]
+    assert counts[0] == 4
+    # hot-unplug: the vanished GPU stays listed as missing until a new one takes its slot.
+    states = [sorted(d["state"] for d in r["devices"]) for r in ledger.accepted]
+    assert ["missing", "ok", "ok", "ok"] in states
+    assert states[-1] == ["ok"] * 4
+
+
+def test_backoff_grows_with_jitter_and_is_capped(tmp_path: Path) -> None:
+    ledger = Ledger(down=100)
+    daemon = _daemon(tmp_path, ledger)
+    daemon.collect_once()
+    delays = []
+    for _ in range(6):
+        before = daemon.clock.monotonic()
+        daemon.send_once()
+        delays.append(daemon._retry_at - before)  # noqa: SLF001
+    assert all(0.5 <= d <= 1 for d in delays[:1])
+    assert all(2 <= d <= 4 for d in delays[3:])
+    assert daemon.spool.count() == 1 and daemon.stats.failures_total == 6
+
+
+def test_rejected_report_is_quarantined_with_reason(tmp_path: Path) -> None:
+    ledger = Ledger(status=422)
+    daemon = _daemon(tmp_path, ledger)
+    daemon.collect_once()
+    daemon.send_once()
+    assert daemon.spool.count() == 0
+    (quarantined,) = daemon.spool.quarantined()
+    reason = quarantined.with_name(quarantined.name + ".reason").read_text()
+    assert reason == "HTTP 422: devices[0].uuid: bad\n"
+
+
+def test_auth_refusal_is_retried_not_quarantined(tmp_path: Path) -> None:
+    daemon = _daemon(tmp_path, Ledger(status=401))
+    daemon.collect_once()
+    daemon.send_once()
+    assert daemon.spool.count() == 1 and not daemon.spool.quarantined()
+
+
+def test_no_driver_sends_nothing_and_publishes_degraded(tmp_path: Path) -> None:
+    ledger = Ledger()
+    daemon = _daemon(tmp_path, ledger, scenario="no-driver")
+    snapshots = []
+    daemon.publish = snapshots.append
+    daemon.run(max_collections=3)
+    assert ledger.calls == 0 and snapshots and not snapshots[-1].nvml_up
+
+
+def test_spool_bound_drops_oldest_heartbeats_never_changes(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_reports=3)
+    for i, change in enumerate([True, False, False, True, False, True], start=1):
+        seq = spool.reserve()
+        spool.put(seq, {"seq": seq}, change=change, fingerprint=str(i))
+    kept = [(p.seq, p.change) for p in spool.pending()]
+    assert kept == [(1, True), (4, True), (6, True)]
+    seq = spool.reserve()
+    assert not spool.put(seq, {"seq": seq}, change=False, fingerprint="x")  # full of changes
+
+
+def test_seq_survives_reopen_and_corrupt_files_are_quarantined(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    for _ in range(3):
+        seq = spool.reserve()
+        spool.put(seq, {"seq": seq}, change=True, fingerprint="f")
+    (tmp_path / "reports" / f"{2:020d}.c.json").write_text("{not json")
+    spool.acknowledge(spool.pending()[-1])  # seq 3 delivered
+    reopened = Spool(tmp_path)
+    assert reopened.reserve() == 4
+    assert [p.seq for p in reopened.pending()] == [1]
+    assert [p.name for p in reopened.quarantined()] == [f"{2:020d}.c.json"]
+
+
+def test_bad_option_names_the_flag() -> None:
+    with pytest.raises(Exception, match=r"--interval: invalid value 'soon'"):
+        load_config({"ledger": "http://x", "token": "t", "node_id": "n", "site": "s",
+                     "interval_seconds": "soon"}, environ={})
+    with pytest.raises(Exception, match=r"--ledger: required \(or set GPUCAP_LEDGER\)"):
+        load_config({}, environ={})
+    config = load_config({}, environ={"GPUCAP_LEDGER": "http://l/", "GPUCAP_TOKEN": "t",
+                                      "GPUCAP_NODE_ID": "n", "GPUCAP_SITE": "s"})
+    assert config.ledger == "http://l" and config.interval_seconds == 60
