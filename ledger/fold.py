@@ -82,7 +82,8 @@ class Change:
 
 def resolve(device: ReportedDevice, catalogue: Catalogue) -> DeviceFacts:
     """The device's facts with TPP and class re-derived from the catalogue."""
-    acc = catalogue.match(int(device.pci_device_id, 16), device.name)
+    pci = None if device.pci_device_id is None else int(device.pci_device_id, 16)
+    acc = catalogue.match(pci, device.name)
     mismatch = False
     if acc is not None:
         if device.tpp is not None and abs(device.tpp - acc.tpp) > TPP_TOLERANCE:
@@ -91,8 +92,8 @@ def resolve(device: ReportedDevice, catalogue: Catalogue) -> DeviceFacts:
             mismatch = True
     return DeviceFacts(
         uuid=device.uuid,
-        pci_device_id=device.pci_device_id.lower(),
-        name=device.name,
+        pci_device_id=(device.pci_device_id or "").lower(),
+        name=device.name or "",
         state=device.state,
         model=None if acc is None else acc.id,
         tpp=None if acc is None else acc.tpp,

@@ -14,7 +14,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstrai
 from gpucap.ledger.errors import RejectedError
 
 MAX_DEVICES = 1024
-Ident = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")]
+Ident = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,255}$")]
 Short = Annotated[str, StringConstraints(max_length=128)]
 Text = Annotated[str, StringConstraints(max_length=256)]
 PciId = Annotated[str, StringConstraints(pattern=r"^0x[0-9a-fA-F]{4}$")]
@@ -29,9 +29,9 @@ class ReportedDevice(_Strict):
     """One accelerator as the agent saw it; the ledger re-derives `tpp` and class itself."""
 
     uuid: Annotated[str, StringConstraints(min_length=1, max_length=128)]
-    pci_device_id: PciId
+    pci_device_id: PciId | None
     pci_subsystem_id: PciSubsystemId | None = None
-    name: Text
+    name: Text | None
     serial: Short | None = None
     board_part_number: Short | None = None
     memory_total_bytes: Annotated[int, Field(ge=0, le=2**50)] | None = None
