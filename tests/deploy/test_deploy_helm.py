@@ -1,0 +1,191 @@
+"""The Helm chart: YAML-level checks always, `helm lint` and `helm template` where helm exists."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from deploy_testkit import DEPLOY, run
+
+CHART = DEPLOY / "helm" / "gpucap"
+TEMPLATES = sorted((CHART / "templates").iterdir())
+CI_VALUES = CHART / "ci" / "test-values.yaml"
+_VALUES_REF = re.compile(r"\.Values\.([A-Za-z0-9_.]+)")
+_ACTION = re.compile(r"\{\{-?\s*(.*?)\s*-?\}\}", re.DOTALL)
+_OPENERS = ("if ", "range ", "with ", "define ", "block ")
+
+
+def _values() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((CHART / "values.yaml").read_text())
+    return loaded
+
+
+def _schema() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((CHART / "values.schema.json").read_text())
+    return loaded
+
+
+def _helm() -> str:
+    path = shutil.which("helm")
+    if path is None:
+        pytest.skip("helm not installed; the YAML-level tests cover the chart")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("copy", "source"),
+    [
+        ("files/alerts.yml", DEPLOY / "prometheus" / "alerts.yml"),
+        ("files/gpucap.json", DEPLOY / "grafana" / "gpucap.json"),
+    ],
+)
+def test_chart_files_are_identical_to_the_shipped_artefacts(copy: str, source: Path) -> None:
+    assert (CHART / copy).read_bytes() == source.read_bytes(), f"copy {source} to {copy}"
+
+
+def test_chart_metadata() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["apiVersion"] == "v2"
+    assert chart["name"] == "gpucap"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", chart["version"])
+    assert chart["appVersion"]
+
+
+def test_default_and_ci_values_validate_against_the_schema() -> None:
+    jsonschema.Draft7Validator.check_schema(_schema())
+    jsonschema.validate(_values(), _schema())
+    merged = _values()
+    merged["agent"].update(yaml.safe_load(CI_VALUES.read_text())["agent"])
+    jsonschema.validate(merged, _schema())
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("agent", "metricsPort"), 70000),
+        (("agent", "spool", "type"), "nfs"),
+        (("agent", "logLevel"), "verbose"),
+        (("agent", "ledgerUrl"), "ledger:8470"),
+        (("ledger", "database", "url"), "mysql://x"),
+        (("ledger", "persistence", "size"), "lots"),
+        (("serviceMonitor", "interval"), "30"),
+        (("agent", "unknownKey"), True),
+    ],
+)
+def test_the_schema_refuses_bad_values(path: tuple[str, ...], value: object) -> None:
+    values = _values()
+    node = values
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(values, _schema())
+
+
+def _has_path(values: dict[str, Any], dotted: str) -> bool:
+    node: Any = values
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return False
+        node = node[key]
+    return True
+
+
+@pytest.mark.parametrize("template", TEMPLATES, ids=lambda path: path.name)
+def test_templates_reference_only_values_that_exist(template: Path) -> None:
+    refs = set(_VALUES_REF.findall(template.read_text()))
+    missing = sorted(ref for ref in refs if not _has_path(_values(), ref))
+    assert missing == []
+
+
+@pytest.mark.parametrize("template", TEMPLATES, ids=lambda path: path.name)
+def test_template_actions_are_balanced(template: Path) -> None:
+    text = template.read_text()
+    assert text.count("{{") == text.count("}}")
+    depth = 0
+    for action in _ACTION.findall(text):
+        if action.startswith("/*"):
+            continue
+        if action.startswith(_OPENERS):
+            depth += 1
+        elif action == "end":
+            depth -= 1
+            assert depth >= 0, f"{template.name}: 'end' without a block"
+    assert depth == 0, f"{template.name}: {depth} unclosed block(s)"
+
+
+def test_every_value_is_used_by_a_template() -> None:
+    used = set()
+    for template in TEMPLATES:
+        used |= set(_VALUES_REF.findall(template.read_text()))
+    # Components are enabled through `(index $.Values $component).enabled` as well.
+    used |= {"agent.enabled", "ledger.enabled"}
+
+    def leaves(node: Any, prefix: str) -> list[str]:
+        if isinstance(node, dict) and node and prefix.count(".") < 2:
+            return [leaf for k, v in node.items() for leaf in leaves(v, f"{prefix}{k}.")]
+        return [prefix.rstrip(".")]
+
+    unused = [
+        leaf
+        for leaf in leaves(_values(), "")
+        if not any(ref == leaf or ref.startswith(leaf + ".") or leaf.startswith(ref + ".")
+                   for ref in used)
+    ]  # fmt: skip
+    assert unused == []
+
+
+def test_helm_lint() -> None:
+    result = run(_helm(), "lint", "--strict", str(CHART), "-f", str(CI_VALUES))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _render(*args: str) -> list[dict[str, Any]]:
+    result = run(_helm(), "template", "gpucap", str(CHART), "--namespace", "gpu", *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def test_helm_template_renders_every_object() -> None:
+    docs = _render("-f", str(CI_VALUES), "--api-versions", "monitoring.coreos.com/v1")
+    kinds = sorted(doc["kind"] for doc in docs)
+    assert kinds == sorted(
+        [
+            "ConfigMap",
+            "DaemonSet",
+            "Deployment",
+            "PersistentVolumeClaim",
+            "PrometheusRule",
+            "Service",
+            "Service",
+            "ServiceMonitor",
+            "ServiceMonitor",
+        ]
+    )
+    by_kind = {doc["kind"]: doc for doc in docs}
+    rules = by_kind["PrometheusRule"]["spec"]["groups"]
+    assert rules == yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"]
+    pod = by_kind["DaemonSet"]["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    dashboard = json.loads(by_kind["ConfigMap"]["data"]["gpucap.json"])
+    assert dashboard["uid"] == "gpucap-fleet"
+    for monitor in (doc for doc in docs if doc["kind"] == "ServiceMonitor"):
+        assert monitor["spec"]["jobLabel"] == "gpucap.io/job"
+
+
+def test_helm_template_without_the_operator_api_skips_its_objects() -> None:
+    kinds = {doc["kind"] for doc in _render("-f", str(CI_VALUES))}
+    assert not kinds & {"ServiceMonitor", "PrometheusRule"}
+
+
+def test_helm_template_refuses_to_render_without_a_site() -> None:
+    result = run(_helm(), "template", "gpucap", str(CHART))
+    assert result.returncode != 0
+    assert "agent.site is required" in result.stderr
