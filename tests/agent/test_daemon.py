@@ -46,9 +46,17 @@ class Ledger:
 
 def _daemon(tmp_path: Path, ledger: Ledger, scenario: str = "hot-unplug", **flags: str) -> Daemon:
     config = load_config(
-        {"ledger": "http://ledger.test", "token": "t0k", "node_id": "n1", "site": "s1",
-         "interval_seconds": "10", "spool": str(tmp_path / "spool"), "retry_initial_seconds": "1",
-         "retry_max_seconds": "4", **flags},
+        {
+            "ledger": "http://ledger.test",
+            "token": "t0k",
+            "node_id": "n1",
+            "site": "s1",
+            "interval_seconds": "10",
+            "spool": str(tmp_path / "spool"),
+            "retry_initial_seconds": "1",
+            "retry_max_seconds": "4",
+            **flags,
+        },
         environ={},
     )
     transport = httpx.MockTransport(ledger.handler)
@@ -91,10 +99,11 @@ def test_backoff_grows_with_jitter_and_is_capped(tmp_path: Path) -> None:
     for _ in range(6):
         before = daemon.clock.monotonic()
         daemon.send_once()
-        delays.append(daemon._retry_at - before)  # noqa: SLF001
+        delays.append(daemon._retry_at - before)
     assert all(0.5 <= d <= 1 for d in delays[:1])
     assert all(2 <= d <= 4 for d in delays[3:])
-    assert daemon.spool.count() == 1 and daemon.stats.failures_total == 6
+    assert daemon.spool.count() == 1
+    assert daemon.stats.failures_total == 6
 
 
 def test_rejected_report_is_quarantined_with_reason(tmp_path: Path) -> None:
@@ -112,7 +121,8 @@ def test_auth_refusal_is_retried_not_quarantined(tmp_path: Path) -> None:
     daemon = _daemon(tmp_path, Ledger(status=401))
     daemon.collect_once()
     daemon.send_once()
-    assert daemon.spool.count() == 1 and not daemon.spool.quarantined()
+    assert daemon.spool.count() == 1
+    assert not daemon.spool.quarantined()
 
 
 def test_no_driver_sends_nothing_and_publishes_degraded(tmp_path: Path) -> None:
@@ -121,7 +131,9 @@ def test_no_driver_sends_nothing_and_publishes_degraded(tmp_path: Path) -> None:
     snapshots = []
     daemon.publish = snapshots.append
     daemon.run(max_collections=3)
-    assert ledger.calls == 0 and snapshots and not snapshots[-1].nvml_up
+    assert ledger.calls == 0
+    assert snapshots
+    assert not snapshots[-1].nvml_up
 
 
 def test_spool_bound_drops_oldest_heartbeats_never_changes(tmp_path: Path) -> None:
@@ -150,10 +162,26 @@ def test_seq_survives_reopen_and_corrupt_files_are_quarantined(tmp_path: Path) -
 
 def test_bad_option_names_the_flag() -> None:
     with pytest.raises(Exception, match=r"--interval: invalid value 'soon'"):
-        load_config({"ledger": "http://x", "token": "t", "node_id": "n", "site": "s",
-                     "interval_seconds": "soon"}, environ={})
+        load_config(
+            {
+                "ledger": "http://x",
+                "token": "t",
+                "node_id": "n",
+                "site": "s",
+                "interval_seconds": "soon",
+            },
+            environ={},
+        )
     with pytest.raises(Exception, match=r"--ledger: required \(or set GPUCAP_LEDGER\)"):
         load_config({}, environ={})
-    config = load_config({}, environ={"GPUCAP_LEDGER": "http://l/", "GPUCAP_TOKEN": "t",
-                                      "GPUCAP_NODE_ID": "n", "GPUCAP_SITE": "s"})
-    assert config.ledger == "http://l" and config.interval_seconds == 60
+    config = load_config(
+        {},
+        environ={
+            "GPUCAP_LEDGER": "http://l/",
+            "GPUCAP_TOKEN": "t",
+            "GPUCAP_NODE_ID": "n",
+            "GPUCAP_SITE": "s",
+        },
+    )
+    assert config.ledger == "http://l"
+    assert config.interval_seconds == 60

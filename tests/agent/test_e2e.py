@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 
 class LedgerServer:
-    """Plays the ledger on 127.0.0.1: mode up | down (503) | reject (422) | stall (hold the request)."""
+    """The ledger on 127.0.0.1; mode: up, down (503), reject (422), stall (hold the request)."""
 
     def __init__(self) -> None:
         self.mode = "up"
@@ -33,10 +33,10 @@ class LedgerServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with outer.lock:
                     outer.received.append(body)
@@ -55,7 +55,10 @@ class LedgerServer:
                 if mode == "stall":
                     outer.release.wait(30)  # the agent is killed while waiting here
                     return
-                self._answer(200, {"status": "duplicate"} if duplicate else {"status": "accepted", "seq": seq})
+                self._answer(
+                    200,
+                    {"status": "duplicate"} if duplicate else {"status": "accepted", "seq": seq},
+                )
 
             def _answer(self, code: int, doc: dict[str, Any]) -> None:
                 data = json.dumps(doc).encode()
@@ -84,14 +87,44 @@ def ledger() -> Iterator[LedgerServer]:
     server.close()
 
 
-def _agent(ledger: LedgerServer, spool: Path, scenario: str, *extra: str, token: str = "t0k") -> subprocess.Popen[str]:
+def _agent(
+    ledger: LedgerServer,
+    spool: Path,
+    scenario: str,
+    *extra: str,
+    token: str = "t0k",  # noqa: S107 (a test token)
+) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPUCAP_")}
     env.update({"GPUCAP_TOKEN": token, "GPUCAP_SITE": "site-a"})  # options from the environment too
     return subprocess.Popen(
-        [sys.executable, "-m", "gpucap", "agent", "run", "--ledger", ledger.url, "--node-id", "node-1",
-         "--spool", str(spool), "--fake", scenario, "--interval", "0.2", "--retry-initial", "0.05",
-         "--retry-max", "0.3", "--nvml-timeout", "1", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "gpucap",
+            "agent",
+            "run",
+            "--ledger",
+            ledger.url,
+            "--node-id",
+            "node-1",
+            "--spool",
+            str(spool),
+            "--fake",
+            scenario,
+            "--interval",
+            "0.2",
+            "--retry-initial",
+            "0.05",
+            "--retry-max",
+            "0.3",
+            "--nvml-timeout",
+            "1",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
 
 
@@ -133,7 +166,8 @@ def test_ledger_down_then_up_every_change_once_in_order(
     assert first_arrivals == seqs  # in order
     for body in ledger.accepted.values():
         jsonschema.validate(body, report_schema)
-        assert body["site_id"] == "site-a" and body["node_id"] == "node-1"
+        assert body["site_id"] == "site-a"
+        assert body["node_id"] == "node-1"
     inventories = [_uuids(ledger.accepted[s]) for s in seqs]
     changes = [inv for i, inv in enumerate(inventories) if i == 0 or inv != inventories[i - 1]]
     assert len(changes) == 3  # 4 GPUs; one missing; replaced by a new UUID in the same slot
@@ -141,7 +175,9 @@ def test_ledger_down_then_up_every_change_once_in_order(
     assert "not delivered" in err
 
 
-def test_kill_9_mid_send_loses_nothing_and_reuses_no_seq(ledger: LedgerServer, tmp_path: Path) -> None:
+def test_kill_9_mid_send_loses_nothing_and_reuses_no_seq(
+    ledger: LedgerServer, tmp_path: Path
+) -> None:
     spool = tmp_path / "spool"
     ledger.mode = "stall"
     proc = _agent(ledger, spool, "dgx-h100")
@@ -197,22 +233,34 @@ def test_sighup_rereads_the_config_file(ledger: LedgerServer, tmp_path: Path) ->
     assert "configuration reloaded: token" in err
 
 
-@pytest.mark.parametrize(("scenario", "expect"), [
-    ("gpu-lost-midrun", "lost"), ("driver-reload", "550.90.07"), ("no-driver", "LIBRARY_NOT_FOUND"),
-])
-def test_fault_scenarios_end_to_end(ledger: LedgerServer, tmp_path: Path, scenario: str, expect: str) -> None:
+@pytest.mark.parametrize(
+    ("scenario", "expect"),
+    [
+        ("gpu-lost-midrun", "lost"),
+        ("driver-reload", "550.90.07"),
+        ("no-driver", "LIBRARY_NOT_FOUND"),
+    ],
+)
+def test_fault_scenarios_end_to_end(
+    ledger: LedgerServer, tmp_path: Path, scenario: str, expect: str
+) -> None:
     proc = _agent(ledger, tmp_path / "spool", scenario)
     try:
         if scenario == "no-driver":
             time.sleep(1.0)
         else:
-            _until(lambda: expect in json.dumps(list(ledger.accepted.values())), f"{expect} reported")
+            _until(
+                lambda: expect in json.dumps(list(ledger.accepted.values())), f"{expect} reported"
+            )
     finally:
         err = _stop(proc)
     if scenario == "no-driver":
-        assert not ledger.received and "NVML unavailable, agent degraded" in err and expect in err
+        assert not ledger.received
+        assert "NVML unavailable, agent degraded" in err
+        assert expect in err
     if scenario == "gpu-lost-midrun":
         last = ledger.accepted[max(ledger.accepted)]
-        assert [d["state"] for d in last["devices"]].count("lost") == 1 and len(last["devices"]) == 8
+        assert [d["state"] for d in last["devices"]].count("lost") == 1
+        assert len(last["devices"]) == 8
     if scenario == "driver-reload":
         assert "NVML up: driver 550.90.07" in err

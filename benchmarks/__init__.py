@@ -1,0 +1,1 @@
+"""Benchmarks that print numbers (recorded in docs/bench-*.md), never timed tests."""
