@@ -12,7 +12,7 @@ import json
 import logging
 import threading
 from collections import Counter, OrderedDict
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from gpucap.core.data import read_yaml
 from gpucap.core.engine import Evaluation, evaluate
 from gpucap.core.errors import InputError
 from gpucap.core.fleet import Fleet
+from gpucap.core.report import evaluation_to_dict
 from gpucap.core.ruleset import RulePack, load_ruleset
 from gpucap.exporters.snapshots import CapSample, LedgerSnapshot, SiteSample
 from gpucap.ledger import eventlog, ingest, reconcile, tokens
@@ -33,7 +34,7 @@ from gpucap.ledger.models import Report
 from gpucap.ledger.settings import Settings
 from gpucap.ledger.store import Store
 from gpucap.ledger.tables import table
-from gpucap.ledger.views import ObservedLine, with_observed
+from gpucap.ledger.views import FleetIndex, ObservedLine, with_observed
 
 log = logging.getLogger("gpucap.ledger")
 _EVAL_CACHE = 8
@@ -49,6 +50,16 @@ def registry_doc(path: Path, catalogue: Catalogue) -> Any:
     return doc
 
 
+@dataclass(frozen=True)
+class View:
+    """One cached evaluation: the engine's answer, its fleet, look-ups, and the JSON document."""
+
+    evaluation: Evaluation
+    fleet: Fleet
+    index: FleetIndex
+    doc: dict[str, Any]
+
+
 class Ledger:
     """Everything one ledger process shares between requests."""
 
@@ -61,7 +72,7 @@ class Ledger:
         self._lock = threading.Lock()
         self._registry: tuple[str, Fleet] | None = None
         self._sites: dict[str, str] | None = None
-        self._evals: OrderedDict[tuple[date, int], tuple[Evaluation, Fleet]] = OrderedDict()
+        self._evals: OrderedDict[tuple[date, int], View] = OrderedDict()
         self._packs: dict[str, RulePack] = {}
         # Per-process counters (the Prometheus convention for counters; sum across processes).
         self.reports_total: Counter[str] = Counter()
@@ -146,7 +157,13 @@ class Ledger:
 
     # -- headroom -------------------------------------------------------------------------
     def evaluation(self, as_of: date) -> tuple[Evaluation, Fleet]:
-        """The unfiltered evaluation on `as_of`, cached per projection version."""
+        """The unfiltered evaluation on `as_of` and the fleet it was computed over."""
+        view = self.view(as_of)
+        return view.evaluation, view.fleet
+
+    def view(self, as_of: date) -> View:
+        """The evaluation on `as_of` with its index and JSON document, cached per projection
+        version (one small query per call validates the cache against the database)."""
         version = self.store.state().projection_version
         key = (as_of, version)
         with self._lock:
@@ -163,11 +180,12 @@ class Ledger:
             ]
         fleet = with_observed(registry, observed)
         ev = evaluate(fleet, self.pack(fleet.ruleset), as_of)
+        view = View(ev, fleet, FleetIndex.of(fleet), evaluation_to_dict(ev))
         with self._lock:
-            self._evals[key] = (ev, fleet)
+            self._evals[key] = view
             while len(self._evals) > _EVAL_CACHE:
                 self._evals.popitem(last=False)
-        return ev, fleet
+        return view
 
     # -- metrics --------------------------------------------------------------------------
     def snapshot(self) -> LedgerSnapshot:

@@ -7,7 +7,7 @@ checks whose entity parts all name E, and the country checks of the countries wh
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import date
 from fractions import Fraction
@@ -64,11 +64,29 @@ def scope_parts(scope: str) -> dict[str, str]:
     return parts
 
 
-def entity_countries(fleet: Fleet, entity: str) -> frozenset[str]:
-    return frozenset(s.country for s in fleet.sites if s.entity == entity)
+@dataclass(frozen=True)
+class FleetIndex:
+    """Look-ups over a fleet's registry, built once per cached evaluation (10,000s of sites)."""
+
+    sites: Mapping[str, Site]
+    entity_countries: Mapping[str, frozenset[str]]
+    entities: frozenset[str]
+    countries: frozenset[str]
+
+    @classmethod
+    def of(cls, fleet: Fleet) -> FleetIndex:
+        by_entity: dict[str, set[str]] = {}
+        for s in fleet.sites:
+            by_entity.setdefault(s.entity, set()).add(s.country)
+        return cls(
+            sites={s.id: s for s in fleet.sites},
+            entity_countries={e: frozenset(c) for e, c in by_entity.items()},
+            entities=frozenset(e.id for e in fleet.entities),
+            countries=frozenset(s.country for s in fleet.sites),
+        )
 
 
-def can_see(scope: str, entity: str | None, fleet: Fleet) -> bool:
+def can_see(scope: str, entity: str | None, index: FleetIndex) -> bool:
     """Whether an operator limited to `entity` (None: everything) may see a check's scope."""
     if entity is None:
         return True
@@ -77,32 +95,25 @@ def can_see(scope: str, entity: str | None, fleet: Fleet) -> bool:
     if owners:
         return all(o == entity for o in owners)
     if "site" in parts:
-        return any(s.id == parts["site"] and s.entity == entity for s in fleet.sites)
+        site = index.sites.get(parts["site"])
+        return site is not None and site.entity == entity
     if "country" in parts:
-        return parts["country"] in entity_countries(fleet, entity)
+        return parts["country"] in index.entity_countries.get(entity, frozenset())
     return False
 
 
-def parse_request_scope(scope: str, fleet: Fleet) -> tuple[str, str]:
+def parse_request_scope(scope: str, index: FleetIndex) -> tuple[str, str]:
     """Validate a requested scope; RejectedError (422) when it names nothing in the registry."""
     kind, sep, value = scope.partition(":")
     if not sep or kind not in ("country", "entity", "site") or not value:
         raise RejectedError("scope", "expected country:XX, entity:E or site:S")
-    known = {
-        "country": {s.country for s in fleet.sites},
-        "entity": {e.id for e in fleet.entities},
-        "site": {s.id for s in fleet.sites},
-    }[kind]
+    known = {"country": index.countries, "entity": index.entities, "site": index.sites}[kind]
     if value not in known:
         raise RejectedError("scope", f"no {kind} {value!r} in the registry")
     return kind, value
 
 
-def _site(fleet: Fleet, site_id: str) -> Site | None:
-    return next((s for s in fleet.sites if s.id == site_id), None)
-
-
-def matches(scope: str, requested: tuple[str, str], fleet: Fleet) -> bool:
+def matches(scope: str, requested: tuple[str, str], index: FleetIndex) -> bool:
     """Whether a check belongs to a requested scope (a site: its entity's and country's checks)."""
     kind, value = requested
     parts = scope_parts(scope)
@@ -110,8 +121,7 @@ def matches(scope: str, requested: tuple[str, str], fleet: Fleet) -> bool:
         return parts.get("country") == value
     if kind == "entity":
         return any(parts.get(k) == value for k in _ENTITY_KINDS)
-    site = _site(fleet, value)
-    assert site is not None  # parse_request_scope checked it
+    site = index.sites[value]
     owners = [parts[k] for k in _ENTITY_KINDS if k in parts]
     if owners:
         return all(o == site.entity for o in owners) and parts.get("country", site.country) == (
@@ -120,7 +130,7 @@ def matches(scope: str, requested: tuple[str, str], fleet: Fleet) -> bool:
     return parts.get("country") == site.country
 
 
-def require_visible(requested: tuple[str, str], entity: str | None, fleet: Fleet) -> None:
+def require_visible(requested: tuple[str, str], entity: str | None, index: FleetIndex) -> None:
     """AuthError(403) when an entity-limited operator asks for a scope it may not see."""
     if entity is None:
         return
@@ -128,10 +138,10 @@ def require_visible(requested: tuple[str, str], entity: str | None, fleet: Fleet
     if kind == "entity":
         ok = value == entity
     elif kind == "site":
-        site = _site(fleet, value)
+        site = index.sites.get(value)
         ok = site is not None and site.entity == entity
     else:
-        ok = value in entity_countries(fleet, entity)
+        ok = value in index.entity_countries.get(entity, frozenset())
     if not ok:
         raise AuthError(
             403, "scope_forbidden", f"operator token for {entity!r} may not see {kind}:{value}"
@@ -139,28 +149,38 @@ def require_visible(requested: tuple[str, str], entity: str | None, fleet: Fleet
 
 
 def filtered(
-    ev: Evaluation, fleet: Fleet, entity: str | None, requested: tuple[str, str] | None
-) -> Evaluation:
-    """The evaluation with only the checks and sites the caller may see and asked for."""
+    doc: Mapping[str, Any],
+    index: FleetIndex,
+    entity: str | None,
+    requested: tuple[str, str] | None,
+) -> dict[str, Any]:
+    """An `evaluation_to_dict` document cut to the checks and sites the caller may see and
+    asked for; the verdict is recomputed over what is left."""
 
-    def keep(check: Check) -> bool:
-        if not can_see(check.scope, entity, fleet):
+    def keep(check: Mapping[str, Any]) -> bool:
+        scope = str(check["scope"])
+        if not can_see(scope, entity, index):
             return False
-        return requested is None or matches(check.scope, requested, fleet)
+        return requested is None or matches(scope, requested, index)
 
-    def keep_site(site_id: str, site_entity: str, country: str) -> bool:
-        if entity is not None and site_entity != entity:
+    def keep_site(site: Mapping[str, Any]) -> bool:
+        if entity is not None and site["entity"] != entity:
             return False
         if requested is None:
             return True
         kind, value = requested
-        return {"country": country, "entity": site_entity, "site": site_id}[kind] == value
+        field = {"country": "country", "entity": "entity", "site": "id"}[kind]
+        return bool(site[field] == value)
 
-    return replace(
-        ev,
-        checks=tuple(c for c in ev.checks if keep(c)),
-        sites=tuple(s for s in ev.sites if keep_site(s.id, s.entity, s.country)),
-    )
+    if entity is None and requested is None:
+        return dict(doc)
+    checks = [c for c in doc["checks"] if keep(c)]
+    return {
+        **doc,
+        "verdict": "breach" if any(c["status"] == "breach" for c in checks) else "ok",
+        "checks": checks,
+        "sites": [s for s in doc["sites"] if keep_site(s)],
+    }
 
 
 def _resolve(item: Placement, path: str, catalogue: Catalogue) -> tuple[Fraction, str, str | None]:
