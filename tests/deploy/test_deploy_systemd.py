@@ -105,7 +105,7 @@ def test_ledger_unit_runs_the_ledger_unprivileged_and_hardened() -> None:
     service = unit["Service"]
     assert service["ExecStart"][0].endswith("gpucap ledger serve")
     assert service["ExecStartPre"][0].endswith("gpucap ledger migrate")
-    assert service["EnvironmentFile"] == ["-/etc/gpucap/gpucap.env"]
+    assert service["EnvironmentFile"] == ["-/etc/gpucap/ledger.env"]
     assert service["DynamicUser"] == ["yes"]
     assert service["StateDirectory"] == ["gpucap-ledger"]
     assert service["CapabilityBoundingSet"] == [""]
