@@ -123,10 +123,11 @@ def ledger_families(snapshot: LedgerSnapshot) -> list[Metric]:
         out.add("gpucap_site_tpp", site.tpp, labels)
     # Every site known to the ledger gets both fresh and stale, so a site whose nodes all went
     # stale shows fresh=0 rather than losing the series.
-    sites = sorted({site for site, _ in snapshot.nodes} | {s.site for s in snapshot.sites})
-    for site_id in sites:
-        counts = {st: n for (s, st), n in snapshot.nodes.items() if s == site_id}
-        for state, count in _with_defaults(counts, NODE_STATES).items():
+    per_site: dict[str, dict[str, int]] = {s.site: {} for s in snapshot.sites}
+    for (site_id, state), count in snapshot.nodes.items():
+        per_site.setdefault(site_id, {})[state] = count
+    for site_id in sorted(per_site):
+        for state, count in _with_defaults(per_site[site_id], NODE_STATES).items():
             out.add("gpucap_nodes", count, {"site": site_id, "state": state})
     for kind, count in _with_defaults(snapshot.findings, FINDING_KINDS).items():
         out.add("gpucap_reconciliation_findings", count, {"kind": kind})
