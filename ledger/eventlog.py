@@ -25,6 +25,10 @@ from gpucap.ledger.store import bump
 from gpucap.ledger.tables import table
 
 GENESIS_HASH = "0" * 64
+_INSERT = sa.text(
+    "INSERT INTO event (seq, recorded_at, kind, actor, body, prev_hash, hash) "
+    "VALUES (:seq, :recorded_at, :kind, :actor, :body, :prev_hash, :hash)"
+)
 
 
 def canonical(value: Any) -> str:
@@ -62,15 +66,16 @@ def append(
     text = canonical(body)
     digest = row_hash(seq, recorded_at, kind, actor, text, head.hash)
     conn.execute(
-        sa.insert(table("event")).values(
-            seq=seq,
-            recorded_at=recorded_at,
-            kind=kind,
-            actor=actor,
-            body=text,
-            prev_hash=head.hash,
-            hash=digest,
-        )
+        _INSERT,
+        {
+            "seq": seq,
+            "recorded_at": recorded_at,
+            "kind": kind,
+            "actor": actor,
+            "body": text,
+            "prev_hash": head.hash,
+            "hash": digest,
+        },
     )
     bump(conn, head_seq=seq, head_hash=digest)
     return Head(seq, digest)

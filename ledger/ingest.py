@@ -38,6 +38,15 @@ from gpucap.ledger.settings import iso_instant
 from gpucap.ledger.store import State, Store, bump
 from gpucap.ledger.tables import table
 
+_SELECT_NODE = sa.text(
+    "SELECT node_id, site_id, last_seq, devices_digest, decommissioned_on FROM node "
+    "WHERE node_id = :node_id"
+)
+_UPDATE_NODE = sa.text(
+    "UPDATE node SET last_seq = :last_seq, last_seen = :last_seen, "
+    "devices_digest = :devices_digest, agent_version = :agent_version WHERE node_id = :node_id"
+)
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -70,9 +79,8 @@ def ingest_report(
     """
     report.check_consistent()
     facts = [resolve(d, catalogue) for d in report.devices]
-    node_t = table("node")
     with store.write() as (conn, state):
-        node = conn.execute(sa.select(node_t).where(node_t.c.node_id == report.node_id)).first()
+        node = conn.execute(_SELECT_NODE, {"node_id": report.node_id}).first()
         if node is not None and report.seq <= node.last_seq:
             return Outcome("duplicate", report.seq)
         if sites is None or report.site_id not in sites:
@@ -131,7 +139,7 @@ def apply_report(
             )
         )
     else:
-        conn.execute(sa.update(node_t).where(node_t.c.node_id == report.node_id).values(**values))
+        conn.execute(_UPDATE_NODE, {"node_id": report.node_id, **values})
     if node is not None and node.devices_digest == new_digest:
         return  # unchanged inventory: nothing else to touch (the common case)
     existing = _devices(conn, report.node_id)

@@ -94,13 +94,9 @@ class Store:
     @contextmanager
     def write(self) -> Iterator[tuple[Connection, State]]:
         """A write transaction holding the ledger-wide writer lock, with the state it found."""
-        state_t = table("ledger_state")
         try:
             with self.engine.begin() as conn:
-                query = sa.select(state_t).where(state_t.c.id == 1)
-                if not self.is_sqlite:
-                    query = query.with_for_update()
-                row = conn.execute(query).one()
+                row = conn.execute(_SELECT_STATE[self.is_sqlite]).one()
                 yield (
                     conn,
                     State(
@@ -135,8 +131,26 @@ class Store:
 
 def bump(conn: Connection, **changes: Any) -> None:
     """Update the state row inside a write transaction (head, version counters)."""
+    if set(changes) == {"head_seq", "head_hash"}:
+        conn.execute(_BUMP_HEAD, changes)  # the hot path: one prebuilt statement
+        return
     state_t = table("ledger_state")
     conn.execute(sa.update(state_t).where(state_t.c.id == 1).values(**changes))
+
+
+# Prebuilt statements of the ingest hot path (building Core statements per call costs more
+# than executing them on SQLite). Plain SQL text, compiled once per dialect by SQLAlchemy.
+_SELECT_STATE_SQL = (
+    "SELECT head_seq, head_hash, projection_version, auth_version, token_key "
+    "FROM ledger_state WHERE id = 1"
+)
+_SELECT_STATE = {  # keyed by "is SQLite": PostgreSQL locks the row, SQLite holds BEGIN IMMEDIATE
+    True: sa.text(_SELECT_STATE_SQL),
+    False: sa.text(_SELECT_STATE_SQL + " FOR UPDATE"),
+}
+_BUMP_HEAD = sa.text(
+    "UPDATE ledger_state SET head_seq = :head_seq, head_hash = :head_hash WHERE id = 1"
+)
 
 
 def _sqlite_engine(url: str, synchronous: str, *, immediate: bool) -> Engine:

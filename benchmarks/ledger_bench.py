@@ -1,0 +1,292 @@
+"""Ledger benchmark: ingest throughput and headroom-query latency. Prints numbers; asserts none.
+
+    .venv/bin/python -m benchmarks.ledger_bench [--nodes 1000] [--pg URL] [--skip-ingest]
+
+Ingest goes through `Ledger.ingest` after `Report.model_validate_json`, i.e. everything the
+`POST /v1/reports` route does except HTTP and authentication, one report at a time from one
+thread. Each simulated node sends 8-GPU reports: a first report (new devices), an unchanged
+report, and a changed report (one GPU swapped).
+
+Headroom: a registry of 10,000 sites in 150 countries (1,000 entities) and 1,000,000 observed
+GPUs (100 per site, two lines per site) seeded into the `inventory_line` projection; latency is
+`headroom_answer` + JSON encoding, i.e. the route's work, including the per-request database
+check that validates the cached evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from gpucap.core.catalogue import default_catalogue
+from gpucap.core.ruleset import country_codes
+from gpucap.ledger import ingest
+from gpucap.ledger.app import headroom_answer
+from gpucap.ledger.models import Report
+from gpucap.ledger.service import Ledger
+from gpucap.ledger.settings import Settings
+from gpucap.ledger.store import Store
+from gpucap.ledger.tables import table
+from gpucap.ledger.tokens import Principal
+
+START = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.moment = START
+
+    def __call__(self) -> datetime:
+        self.moment += timedelta(microseconds=50)
+        return self.moment
+
+
+def _pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _line(label: str, lat_s: list[float], wall_s: float) -> str:
+    return (
+        f"  {label:<28} {len(lat_s) / wall_s:>9,.0f} reports/s   "
+        f"p50 {_pct(lat_s, 0.5) * 1e3:6.2f} ms   p99 {_pct(lat_s, 0.99) * 1e3:6.2f} ms"
+    )
+
+
+def _device(node: int, i: int) -> dict[str, Any]:
+    return {
+        "uuid": f"GPU-{node:06d}-{i:02d}",
+        "pci_device_id": "0x2330",
+        "pci_subsystem_id": "0x16c110de",
+        "name": "NVIDIA H100 80GB HBM3",
+        "serial": f"1650{node:06d}{i:02d}",
+        "board_part_number": "692-2G520-0200-000",
+        "memory_total_bytes": 85899345920,
+        "mig_enabled": False,
+        "state": "ok",
+        "model": "h100-sxm5-80gb",
+        "tpp": 15832,
+        "h100e": 1.0,
+    }
+
+
+def _report(node: int, seq: int, swap: bool = False) -> bytes:
+    devices = [_device(node, i) for i in range(8)]
+    if swap:
+        devices[seq % 8] = _device(node, 8 + seq)
+    return json.dumps(
+        {
+            "schema": "gpucap.report/v1",
+            "node_id": f"node-{node:06d}",
+            "site_id": f"site-{node % 50:05d}",
+            "seq": seq,
+            "collected_at": "2026-01-05T10:00:00.000Z",
+            "agent_version": "0.1.0",
+            "driver_version": "550.54.15",
+            "devices": devices,
+        }
+    ).encode()
+
+
+def _registry(n_sites: int, n_countries: int, n_entities: int) -> dict[str, Any]:
+    codes = [*sorted(country_codes() - {"US"})[: n_countries - 1], "US"]
+    entities = []
+    for e in range(n_entities):
+        if e % 10 == 0:
+            entities.append({"id": f"ent-{e:04d}", "headquarters": "US", "status": "uveu"})
+        elif e % 20 == 1:
+            home = codes[e % len(codes)]
+            entities.append(
+                {
+                    "id": f"ent-{e:04d}",
+                    "headquarters": home,
+                    "status": "nveu",
+                    "nveu_countries": [home],
+                }
+            )
+        else:
+            entities.append({"id": f"ent-{e:04d}", "headquarters": codes[e % len(codes)]})
+    sites = [
+        {
+            "id": f"site-{s:05d}",
+            "entity": f"ent-{s % n_entities:04d}",
+            "country": codes[(s * 7) % len(codes)],
+        }
+        for s in range(n_sites)
+    ]
+    return {"ruleset": "us-bis-ai-diffusion-2025", "entities": entities, "sites": sites}
+
+
+@contextmanager
+def _database(kind: str, pg_url: str | None) -> Iterator[str]:
+    if kind == "sqlite":
+        with tempfile.TemporaryDirectory() as tmp:
+            yield f"sqlite:///{Path(tmp) / 'bench.db'}"
+        return
+    assert pg_url is not None
+    schema = f"bench_{secrets.token_hex(4)}"
+    admin = sa.create_engine(pg_url)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in pg_url else "?"
+    try:
+        yield f"{pg_url}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def _open(url: str, synchronous: str = "FULL") -> Ledger:
+    settings = Settings(db_url=url, clock=_Clock(), sqlite_synchronous=synchronous)
+    return Ledger(settings, Store.open(settings), default_catalogue())
+
+
+def _timed(led: Ledger, bodies: list[bytes]) -> tuple[list[float], float]:
+    lat: list[float] = []
+    t0 = time.perf_counter()
+    for body in bodies:
+        t = time.perf_counter()
+        outcome = led.ingest(Report.model_validate_json(body))
+        lat.append(time.perf_counter() - t)
+        assert outcome.status == "accepted"
+    return lat, time.perf_counter() - t0
+
+
+def bench_ingest(url: str, label: str, nodes: int, synchronous: str = "FULL") -> None:
+    led = _open(url, synchronous)
+    try:
+        ingest.set_registry(led.store, _registry(50, 5, 10), "bench", START, "bench")
+        print(f"ingest on {label}: {nodes} nodes x 8 GPUs")
+        lat, wall = _timed(led, [_report(n, 1) for n in range(nodes)])
+        print(_line("first report (8 new GPUs)", lat, wall))
+        lat, wall = _timed(led, [_report(n, 2) for n in range(nodes)])
+        print(_line("unchanged inventory", lat, wall))
+        lat, wall = _timed(led, [_report(n, 3, swap=True) for n in range(nodes)])
+        print(_line("changed inventory (1 swap)", lat, wall))
+    finally:
+        led.store.close()
+
+
+def _seed_fleet(led: Ledger, n_sites: int, gpus_per_site: int) -> int:
+    line_t = table("inventory_line")
+    rows, total = [], 0
+    for s in range(n_sites):
+        site = f"site-{s:05d}"
+        half = gpus_per_site // 2
+        for model, tpp, cls, installed, count in (
+            ("h100-sxm5-80gb", 15832, "3A090.a", "2025-03-01", half),
+            ("b200-sxm-180gb", 36000, "3A090.a", "2025-11-01", gpus_per_site - half),
+        ):
+            key = f"{site}|{model}|{tpp}|{cls}|{installed}|"
+            rows.append(
+                {
+                    "key": key,
+                    "site_id": site,
+                    "model": model,
+                    "tpp": tpp,
+                    "eccn_class": cls,
+                    "installed": installed,
+                    "removed": None,
+                    "count": count,
+                }
+            )
+            total += count
+    with led.store.write() as (conn, state):
+        for i in range(0, len(rows), 5000):
+            conn.execute(sa.insert(line_t), rows[i : i + 5000])
+        conn.execute(
+            sa.update(table("ledger_state")).values(projection_version=state.projection_version + 1)
+        )
+    return total
+
+
+def _latency(label: str, fn: Callable[[], Any], n: int) -> None:
+    lat = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        lat.append(time.perf_counter() - t)
+    print(
+        f"  {label:<44} p50 {_pct(lat, 0.5) * 1e3:7.2f} ms   p99 {_pct(lat, 0.99) * 1e3:7.2f} ms"
+        f"   mean {statistics.fmean(lat) * 1e3:7.2f} ms   (n={n})"
+    )
+
+
+def bench_headroom(url: str, label: str, n_sites: int, n_countries: int, n_gpus: int) -> None:
+    led = _open(url, "NORMAL")
+    try:
+        t = time.perf_counter()
+        ingest.set_registry(
+            led.store, _registry(n_sites, n_countries, 1000), "bench", START, "bench"
+        )
+        total = _seed_fleet(led, n_sites, n_gpus // n_sites)
+        print(
+            f"headroom on {label}: {total:,} GPUs, {n_sites:,} sites, {n_countries} countries "
+            f"(seeded in {time.perf_counter() - t:.1f} s)"
+        )
+        admin = Principal("bench", "operator", operator="root")
+        scoped = Principal("bench2", "operator", operator="ops", entity="ent-0010")
+        day = date(2026, 1, 6).isoformat()
+        t = time.perf_counter()
+        answer = headroom_answer(led, admin, None, day)
+        print(
+            f"  cold (cache miss: load lines, evaluate)      {(time.perf_counter() - t):.2f} s"
+            f"   -> {len(answer['checks'])} checks, {len(answer['sites'])} sites"
+        )
+
+        def ask(principal: Principal, scope: str | None) -> Callable[[], Any]:
+            return lambda: json.dumps(headroom_answer(led, principal, scope, day))
+
+        _latency("scope=country:US (all operators' view)", ask(admin, "country:US"), 300)
+        _latency("scope=entity:ent-0010", ask(admin, "entity:ent-0010"), 300)
+        _latency("scope=site:site-00010", ask(admin, "site:site-00010"), 300)
+        _latency("entity-scoped token, no scope", ask(scoped, None), 300)
+        _latency("no scope, all checks and sites (large JSON)", ask(admin, None), 50)
+    finally:
+        led.store.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--nodes", type=int, default=1000)
+    parser.add_argument("--pg", default=os.environ.get("GPUCAP_TEST_DATABASE_URL"))
+    parser.add_argument("--sites", type=int, default=10_000)
+    parser.add_argument("--countries", type=int, default=150)
+    parser.add_argument("--gpus", type=int, default=1_000_000)
+    parser.add_argument("--skip-ingest", action="store_true")
+    parser.add_argument("--skip-headroom", action="store_true")
+    args = parser.parse_args(argv)
+    backends = ["sqlite"] + (["postgres"] if args.pg else [])
+    print(f"gpucap ledger benchmark, {os.cpu_count()} CPUs")
+    if not args.skip_ingest:
+        for kind in backends:
+            with _database(kind, args.pg) as url:
+                if kind == "sqlite":
+                    bench_ingest(url, "SQLite (WAL, synchronous=FULL)", args.nodes, "FULL")
+                else:
+                    bench_ingest(url, "PostgreSQL (local, 127.0.0.1)", args.nodes)
+            if kind == "sqlite":
+                with _database(kind, None) as url:
+                    bench_ingest(url, "SQLite (WAL, synchronous=NORMAL)", args.nodes, "NORMAL")
+    if not args.skip_headroom:
+        for kind in backends:
+            with _database(kind, args.pg) as url:
+                bench_headroom(url, kind, args.sites, args.countries, args.gpus)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
