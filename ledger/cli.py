@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -95,18 +96,28 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gpucap.ledger.app import create_app
+    from gpucap.ledger.service import Ledger
+    from gpucap.ledger.store import Store
 
     settings = _settings(args, registry=args.registry, host=args.host, port=args.port)
-    app = create_app(settings)
+    # Migrate and record the registry before serving, so that a bad file or an unreachable
+    # database is one error line and exit 2/3, not a failed startup inside the server.
+    store = Store.open(settings)
+    ledger = Ledger(settings, store)
+    if settings.registry is not None:
+        ledger.load_registry_file(settings.registry)
+    app = create_app(replace(settings, registry=None), ledger)
 
     def reload(_signum: int, _frame: Any) -> None:
-        led = getattr(app.state, "ledger", None)
-        if led is not None and settings.registry is not None:
-            threading.Thread(target=_reload, args=(led, settings.registry), daemon=True).start()
+        if settings.registry is not None:
+            threading.Thread(target=_reload, args=(ledger, settings.registry), daemon=True).start()
 
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, reload)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    try:
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    finally:
+        store.close()
     return 0
 
 

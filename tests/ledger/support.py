@@ -136,6 +136,15 @@ def gpucap(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
 @contextmanager
 def ledger_server(db_url: str, registry: Path, env: dict[str, str] | None = None) -> Iterator[str]:
     """`gpucap ledger serve` on a free loopback port; yields its base URL once ready."""
+    with ledger_server_proc(db_url, registry, env) as (url, _proc):
+        yield url
+
+
+@contextmanager
+def ledger_server_proc(
+    db_url: str, registry: Path, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """`gpucap ledger serve` on a free loopback port; yields (base URL, process) once ready."""
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -171,7 +180,7 @@ def ledger_server(db_url: str, registry: Path, env: dict[str, str] | None = None
             if time.monotonic() > deadline:
                 raise AssertionError("ledger did not become ready in 60 s")
             time.sleep(0.1)
-        yield url
+        yield url, proc
     finally:
         proc.terminate()
         try:

@@ -1,0 +1,144 @@
+"""The `gpucap ledger` commands as users run them: real subprocesses, real databases."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from tests.ledger.support import REGISTRY, gpucap, ledger_server, ledger_server_proc, report
+
+
+def _events(db_url: str) -> list[str]:
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            return [r[0] for r in conn.execute(sa.text("SELECT kind FROM event ORDER BY seq"))]
+    finally:
+        engine.dispose()
+
+
+def test_migrate_is_idempotent(db_url: str) -> None:
+    for _ in range(2):
+        proc = gpucap("ledger", "migrate", "--db", db_url)
+        assert proc.returncode == 0, proc.stderr
+        assert "revision 0001" in proc.stdout
+
+
+def test_token_input_errors_exit_2(db_url: str) -> None:
+    proc = gpucap("ledger", "token", "--db", db_url, "--node", "n1")
+    assert proc.returncode == 2
+    assert "node token needs both" in proc.stderr
+    proc = gpucap(
+        "ledger", "token", "--db", db_url, "--node", "n1", "--site", "s", "--operator", "x"
+    )
+    assert proc.returncode == 2
+    proc = gpucap("ledger", "token", "--db", db_url, "--revoke", "nope")
+    assert proc.returncode == 2
+    assert "--revoke" in proc.stderr
+
+
+def test_token_is_printed_and_never_stored(db_url: str) -> None:
+    proc = gpucap("ledger", "token", "--db", db_url, "--operator", "alice", "--entity", "acme")
+    assert proc.returncode == 0, proc.stderr
+    token = proc.stdout.strip()
+    assert token.startswith("gpc1.")
+    token_id = proc.stderr.split()[-1]
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            rows = [tuple(r) for r in conn.execute(sa.text("SELECT * FROM token"))]
+    finally:
+        engine.dispose()
+    assert len(rows) == 1
+    assert token_id in rows[0]
+    assert all(token not in str(v) for v in rows[0])
+    assert gpucap("ledger", "token", "--db", db_url, "--revoke", token_id).returncode == 0
+
+
+def test_unreachable_database_exits_3() -> None:
+    proc = gpucap("ledger", "verify", "--db", "postgresql+psycopg://nobody@127.0.0.1:1/none")
+    assert proc.returncode == 3
+    assert proc.stderr.startswith("gpucap: error:")
+
+
+@pytest.mark.slow
+def test_serve_refuses_an_invalid_registry(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(REGISTRY.replace("country: AE}", "country: ZZ}", 1), encoding="utf-8")
+    proc = gpucap(
+        "ledger", "serve", "--registry", str(bad), "--db", f"sqlite:///{tmp_path / 'x.db'}"
+    )
+    assert proc.returncode == 2
+    assert "sites[0].country" in proc.stderr
+
+
+@pytest.mark.slow
+def test_registry_changes_on_restart_and_sighup_are_events(db_url: str, tmp_path: Path) -> None:
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(REGISTRY, encoding="utf-8")
+    with ledger_server(db_url, registry):
+        pass
+    with ledger_server(db_url, registry):  # unchanged: no new event
+        pass
+    assert _events(db_url) == ["registry"]
+    registry.write_text(
+        REGISTRY
+        + "  - {site: acme-ae-1, model: h100-sxm5-80gb, count: 5, installed: 2025-07-01}\n",
+        encoding="utf-8",
+    )
+    with ledger_server(db_url, registry):
+        pass
+    assert _events(db_url) == ["registry", "registry"]
+    registry.write_text(REGISTRY, encoding="utf-8")  # back to the first version: a change too
+    with ledger_server(db_url, registry):
+        pass
+    assert _events(db_url) == ["registry"] * 3
+
+
+@pytest.mark.slow
+def test_sighup_rereads_the_registry(db_url: str, tmp_path: Path) -> None:
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(REGISTRY, encoding="utf-8")
+    with ledger_server_proc(db_url, registry) as (url, proc):
+        registry.write_text(REGISTRY.replace("gov_agreement: true", "gov_agreement: false"))
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while len(_events(db_url)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _events(db_url) == ["registry", "registry"]
+        assert httpx.get(f"{url}/readyz").status_code == 200
+
+
+@pytest.mark.slow
+def test_decommission_and_rebuild_commands(db_url: str, tmp_path: Path) -> None:
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(REGISTRY, encoding="utf-8")
+    tok = gpucap("ledger", "token", "--db", db_url, "--node", "n1", "--site", "acme-ae-1")
+    admin = gpucap("ledger", "token", "--db", db_url, "--operator", "root").stdout.strip()
+    with ledger_server(db_url, registry) as url:
+        r = httpx.post(
+            f"{url}/v1/reports",
+            json=report(seq=1),
+            headers={"Authorization": f"Bearer {tok.stdout.strip()}"},
+        )
+        assert r.json()["status"] == "accepted"
+        proc = gpucap("ledger", "decommission", "--db", db_url, "--node", "n1", "--by", "alice")
+        assert proc.returncode == 0, proc.stderr
+        assert "8 devices closed" in proc.stdout
+        again = gpucap("ledger", "decommission", "--db", db_url, "--node", "n1")
+        assert again.returncode == 2
+        headers = {"Authorization": f"Bearer {admin}"}
+        before = httpx.get(f"{url}/v1/headroom", headers=headers).json()
+        rebuilt = gpucap("ledger", "rebuild", "--db", db_url)
+        assert rebuilt.returncode == 0, rebuilt.stderr
+        assert "from 3 events" in rebuilt.stdout
+        after = httpx.get(f"{url}/v1/headroom", headers=headers).json()
+        assert json.dumps(after, sort_keys=True) == json.dumps(before, sort_keys=True)
+    assert _events(db_url) == ["registry", "report", "decommission"]
+    assert gpucap("ledger", "verify", "--db", db_url).returncode == 0
