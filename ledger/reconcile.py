@@ -1,8 +1,8 @@
 """Reconciliation: what the ledger's projections say is wrong or unexplained.
 
 Kinds (also the `findings` metric labels): duplicate_uuid (one GPU UUID present on two nodes or
-sites: possible diversion), vanished (a device gone without a decommission), stale_node (silent
-past the stale threshold), unknown_device (the catalogue does not know it, so it is not counted),
+sites: possible diversion), vanished_device (a device gone without a decommission), stale_node (silent
+past the stale threshold), unknown_accelerator (the catalogue does not know it, so it is not counted),
 tpp_mismatch (the agent's TPP or model disagrees with the catalogue), declared_vs_observed (a
 site has both declared inventory lines and reporting agents, with the counts, so that an
 operator can check nothing is counted twice).
@@ -22,9 +22,9 @@ from gpucap.ledger.tables import table
 
 KINDS = (
     "duplicate_uuid",
-    "vanished",
+    "vanished_device",
     "stale_node",
-    "unknown_device",
+    "unknown_accelerator",
     "tpp_mismatch",
     "declared_vs_observed",
 )
@@ -74,8 +74,8 @@ def findings(
         ):
             out[kind].append(dict(r._mapping))
 
-    device_items("vanished", dev.c.vanished.is_(True), ("gone_on",))
-    device_items("unknown_device", sa.and_(present, dev.c.model.is_(None)))
+    device_items("vanished_device", dev.c.vanished.is_(True), ("gone_on",))
+    device_items("unknown_accelerator", sa.and_(present, dev.c.model.is_(None)))
     device_items(
         "tpp_mismatch",
         sa.and_(present, dev.c.tpp_mismatch.is_(True)),

@@ -31,7 +31,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8470
     secret: str | None = None  # token signing key; None: the key stored in the database
-    report_interval_s: float = 300.0  # the agents' reporting interval
+    report_interval_s: float = (
+        60.0  # the agents' reporting interval (the agent default, GPUCAP_INTERVAL)
+    )
     stale_intervals: float = 3.0  # a node silent for this many intervals is stale
     revocation_ttl_s: float = 5.0  # how long a process trusts its cached revocation list
     max_body_bytes: int = 4 * 1024 * 1024

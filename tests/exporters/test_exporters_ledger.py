@@ -28,7 +28,7 @@ SNAPSHOT = LedgerSnapshot(
     nodes={("fra-1", "fresh"): 3, ("fra-1", "stale"): 1, ("bom-1", "fresh"): 5},
     findings={"duplicate_uuid": 2, "clock_skew": 1},
     reports_total={"accepted": 40, "rejected": 2},
-    auth_refusals_total={"bad_token": 4, "unknown_node": 1},
+    auth_refusals_total={"bad_signature": 4, "node_mismatch": 1},
     eventlog_rows=123,
 )
 
@@ -101,8 +101,8 @@ def test_counters_and_identity() -> None:
     }
     assert fams["gpucap_auth_refusals"].type == "counter"
     assert samples(fams, "gpucap_auth_refusals_total") == {
-        (("reason", "bad_token"),): 4.0,
-        (("reason", "unknown_node"),): 1.0,
+        (("reason", "bad_signature"),): 4.0,
+        (("reason", "node_mismatch"),): 1.0,
     }
     assert samples(fams, "gpucap_ruleset_info") == {
         (("id", "us-bis-ai-diffusion-2025"), ("status", "rescinded")): 1.0

@@ -39,7 +39,13 @@ def clock() -> Clock:
 
 @pytest.fixture
 def ledger(db_url: str, registry_file: Path, clock: Clock) -> Iterator[Ledger]:
-    settings = Settings(db_url=db_url, clock=clock, revocation_ttl_s=0, sqlite_synchronous="NORMAL")
+    settings = Settings(
+        db_url=db_url,
+        clock=clock,
+        revocation_ttl_s=0,
+        sqlite_synchronous="NORMAL",
+        report_interval_s=300,  # the tests' timelines assume 5-minute reports
+    )
     store = Store.open(settings)
     led = Ledger(settings, store, default_catalogue())
     led.load_registry_file(registry_file)

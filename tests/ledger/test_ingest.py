@@ -131,8 +131,8 @@ def test_catalogue_overrides_the_agent_and_flags_mismatch(ledger: Ledger) -> Non
     assert lines(ledger) == [("acme-ae-1", "2025-09-01", H100_TPP, None, 1)]
     found = ledger_findings(ledger)
     assert found["counts"]["tpp_mismatch"] == 1
-    assert found["counts"]["unknown_device"] == 1
-    assert found["findings"]["unknown_device"][0]["uuid"] == "GPU-n1-0001"
+    assert found["counts"]["unknown_accelerator"] == 1
+    assert found["findings"]["unknown_accelerator"][0]["uuid"] == "GPU-n1-0001"
 
 
 def ledger_findings(led: Ledger) -> dict[str, object]:
@@ -156,7 +156,7 @@ def test_reconciliation_duplicates_vanished_stale_declared(ledger: Ledger, clock
     counts = found["counts"]
     assert isinstance(counts, dict)
     assert counts["duplicate_uuid"] == 1
-    assert counts["vanished"] == 1
+    assert counts["vanished_device"] == 1
     assert counts["stale_node"] == 0
     assert counts["declared_vs_observed"] == 1  # acme-us-1: 1000 declared, 1 observed
     clock.moment = at("2025-09-01T12:00:00")  # both silent for more than 3 x 300 s

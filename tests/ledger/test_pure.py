@@ -52,7 +52,7 @@ def test_settings_from_env() -> None:
         host="10.0.0.1",
     )
     assert (s.db_url, s.stale_intervals, s.port, s.host) == ("sqlite:///x.db", 5.0, 9, "10.0.0.1")
-    assert s.stale_after_s == 1500.0
+    assert s.stale_after_s == 5 * 60.0  # five intervals of the default 60 s
     with pytest.raises(InputError, match="GPUCAP_STALE_INTERVALS"):
         Settings.from_env({"GPUCAP_STALE_INTERVALS": "soon"})
     with pytest.raises(InputError, match="GPUCAP_SQLITE_SYNCHRONOUS"):
