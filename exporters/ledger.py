@@ -13,19 +13,11 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from gpucap.exporters.families import FamilyBuilder, MetricSpec, describe_all
-from gpucap.exporters.snapshots import LedgerSnapshot
+from gpucap.exporters.snapshots import FINDING_KINDS, LedgerSnapshot
 
 # Label values always emitted (0 when the snapshot has none), so that rates and alerts see a
 # series from the first scrape on; values outside these sets are emitted as they come.
 NODE_STATES: tuple[str, ...] = ("fresh", "stale")
-FINDING_KINDS: tuple[str, ...] = (
-    "duplicate_uuid",
-    "vanished_device",
-    "stale_node",
-    "unknown_accelerator",
-    "tpp_mismatch",
-    "declared_vs_observed",
-)
 REPORT_STATUSES: tuple[str, ...] = ("accepted", "duplicate", "rejected")
 
 LEDGER_METRICS: tuple[MetricSpec, ...] = (

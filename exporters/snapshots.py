@@ -41,6 +41,17 @@ class AgentSnapshot:
     spool_reports: int = 0
 
 
+# Reconciliation finding kinds: the ledger produces them, the exporter always emits each one.
+FINDING_KINDS: tuple[str, ...] = (
+    "duplicate_uuid",  # the same GPU UUID reported by two nodes or sites
+    "vanished_device",  # a device gone from a node without a decommission
+    "stale_node",  # a node silent past the stale threshold
+    "unknown_accelerator",  # a device the catalogue does not know (not counted)
+    "tpp_mismatch",  # the agent's TPP disagrees with the catalogue
+    "declared_vs_observed",  # declared inventory and observed counts differ at a site
+)
+
+
 @dataclass(frozen=True)
 class CapSample:
     """One check of the engine: a cap (limit_tpp set) or a share rule (limit_tpp None)."""

@@ -239,7 +239,7 @@ def register(subparsers: Any) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from gpucap.ledger.render import checks_table
+    from gpucap.core.report import render_document
 
     stack = DemoStack(
         state_dir=args.state_dir.resolve(),
@@ -254,11 +254,8 @@ def run_demo(args: argparse.Namespace) -> int:
         stack.start()
         stack.wait_for_reports()
         answer = stack.headroom()
-        print(f"\nheadroom as of {answer['as_of']}, rule pack {answer['ruleset']['id']} "
-              f"({answer['ruleset']['status']}), verdict {answer['verdict'].upper()}")  # fmt: skip
-        print(checks_table(answer["checks"]))
-        for warning in answer["ruleset"]["warnings"]:
-            print(f"warning: {warning}")
+        print("\nheadroom in the ledger, registry plus what the agents report:")
+        print(render_document(answer))
         print("\nledger:        ", stack.ledger_url, " (API docs at /docs)")
         print("ledger metrics:", f"{stack.ledger_url}/metrics")
         for child in stack.children.values():

@@ -237,11 +237,9 @@ def _headroom(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(answer, indent=2))
     else:
-        from gpucap.ledger.render import checks_table
+        from gpucap.core.report import render_document
 
-        ruleset = answer["ruleset"]["id"]
-        print(f"as of {answer['as_of']}  ruleset {ruleset}  verdict {answer['verdict']}")
-        print(checks_table(answer["checks"]))
+        print(render_document(answer), end="")
     return 1 if answer["verdict"] == "breach" else 0
 
 
@@ -259,7 +257,7 @@ def _whatif(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(answer, indent=2))
     else:
-        from gpucap.ledger.render import checks_table
+        from gpucap.core.report import checks_table
 
         binding = answer["binding"]
         verdict = "allowed" if answer["allowed"] else "NOT allowed"

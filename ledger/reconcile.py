@@ -1,11 +1,12 @@
 """Reconciliation: what the ledger's projections say is wrong or unexplained.
 
-Kinds (also the `findings` metric labels): duplicate_uuid (one GPU UUID present on two nodes or
-sites: possible diversion), vanished_device (a device gone without a decommission), stale_node (silent
-past the stale threshold), unknown_accelerator (the catalogue does not know it, so it is not counted),
-tpp_mismatch (the agent's TPP or model disagrees with the catalogue), declared_vs_observed (a
-site has both declared inventory lines and reporting agents, with the counts, so that an
-operator can check nothing is counted twice).
+Kinds (also the `findings` metric labels, listed in `exporters.snapshots.FINDING_KINDS`):
+duplicate_uuid (one GPU UUID present on two nodes or sites: possible diversion), vanished_device
+(a device gone without a decommission), stale_node (silent past the stale threshold),
+unknown_accelerator (the catalogue does not know it, so it is not counted), tpp_mismatch (the
+agent's TPP or model disagrees with the catalogue), declared_vs_observed (a site has both declared
+inventory lines and reporting agents, with the counts, so that an operator can check nothing is
+counted twice).
 """
 
 from __future__ import annotations
@@ -17,17 +18,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from gpucap.core.fleet import Fleet
+from gpucap.exporters.snapshots import FINDING_KINDS
 from gpucap.ledger.settings import iso_instant
 from gpucap.ledger.tables import table
 
-KINDS = (
-    "duplicate_uuid",
-    "vanished_device",
-    "stale_node",
-    "unknown_accelerator",
-    "tpp_mismatch",
-    "declared_vs_observed",
-)
+KINDS = FINDING_KINDS
 MAX_ITEMS = 1000  # per kind in the API answer; `counts` always holds the full numbers
 
 

@@ -96,17 +96,13 @@ def evaluation_to_dict(ev: Evaluation) -> dict[str, Any]:
     }
 
 
-def _tpp_cell(value: Fraction, h100e_tpp: Fraction) -> str:
-    return f"{float(value):,.0f} ({float(value / h100e_tpp):,.1f})"
+def _tpp_cell(tpp: float, h100e: float) -> str:
+    return f"{tpp:,.0f} ({h100e:,.1f})"
 
 
-def render_table(ev: Evaluation, width: int = 200) -> str:
-    """The checks as a table for people: breaches first, TPP with H100e in brackets."""
-    table = Table(
-        title=f"{ev.ruleset.id} on {ev.as_of} ({ev.ruleset.status}): verdict {ev.verdict.upper()}",
-        title_justify="left",
-        box=box.SIMPLE_HEAD,
-    )
+def checks_table(checks: list[dict[str, Any]], width: int = 200) -> str:
+    """Checks in their JSON form as a table for people: TPP with H100e in brackets."""
+    table = Table(box=box.SIMPLE_HEAD)
     for name, justify in (
         ("status", "left"),
         ("rule", "left"),
@@ -117,28 +113,37 @@ def render_table(ev: Evaluation, width: int = 200) -> str:
         ("confidence", "left"),
     ):
         table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-    for c in ordered_checks(ev.checks):
-        if c.limit_tpp is not None:
-            limit = _tpp_cell(c.limit_tpp, ev.h100e_tpp)
+    for c in checks:
+        if "limit_tpp" in c:
+            limit = _tpp_cell(c["limit_tpp"], c["limit_h100e"])
         else:
-            share = "n/a" if c.share is None else f"{float(c.share):.2%}"
-            bound = "max" if c.kind == "max_share" else "min"
-            limit = f"{share} ({bound} {float(c.limit_share or 0):.0%})"
+            share = "n/a" if c.get("share") is None else f"{c['share']:.2%}"
+            bound = "max" if c["kind"] == "max_share" else "min"
+            limit = f"{share} ({bound} {c['limit_share']:.0%})"
         table.add_row(
-            "[bold red]BREACH[/]" if c.status == "breach" else "ok",
-            c.rule,
-            c.scope,
-            _tpp_cell(c.used_tpp, ev.h100e_tpp),
+            "BREACH" if c["status"] == "breach" else "ok",
+            c["rule"],
+            c["scope"],
+            _tpp_cell(c["used_tpp"], c["used_h100e"]),
             limit,
-            _tpp_cell(c.headroom_tpp, ev.h100e_tpp),
-            c.provenance.confidence,
+            _tpp_cell(c["headroom_tpp"], c["headroom_h100e"]),
+            c["source"]["confidence"],
         )
     buffer = io.StringIO()
-    console = Console(file=buffer, width=width, force_terminal=False, color_system=None)
-    console.print(table)
-    for warning in ev.ruleset.warnings:
-        console.print(f"warning: {warning}", soft_wrap=True)
-    for c in ordered_checks(ev.checks):
-        if c.note:
-            console.print(f"note: {c.rule} {c.scope}: {c.note}", soft_wrap=True)
-    return buffer.getvalue()
+    Console(file=buffer, width=width, force_terminal=False, color_system=None).print(table)
+    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
+
+
+def render_document(doc: dict[str, Any]) -> str:
+    """An evaluation document (`evaluate --format json`, `/v1/headroom`) as text for people."""
+    rs = doc["ruleset"]
+    lines = [f"{rs['id']} on {doc['as_of']} ({rs['status']}): verdict {doc['verdict'].upper()}"]
+    lines.append(checks_table(doc["checks"]))
+    lines += [f"warning: {w}" for w in rs["warnings"]]
+    lines += [f"note: {c['rule']} {c['scope']}: {c['note']}" for c in doc["checks"] if c["note"]]
+    return "\n".join(lines) + "\n"
+
+
+def render_table(ev: Evaluation) -> str:
+    """The checks of an evaluation as text: breaches first, then warnings and notes."""
+    return render_document(evaluation_to_dict(ev))

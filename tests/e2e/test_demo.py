@@ -23,7 +23,7 @@ def test_demo_once_shows_headroom_and_metrics_urls(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "verdict BREACH" in out
-    breach = next(ln for ln in out.splitlines() if "breach" in ln.split())
+    breach = next(ln for ln in out.splitlines() if ln.split()[:1] == ["BREACH"])
     assert "uveu_tier2_country_share" in breach
     assert "entity:aurora/country:AE" in breach
     # India sits near its allocation: under 10% of the 790M TPP limit left.
