@@ -28,7 +28,9 @@ unit: $(STAMP)
 test: lint typecheck unit
 
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks.run_all
+	$(BIN)/python -m benchmarks.agent_bench
+	$(BIN)/python -m benchmarks.exporters_bench
+	$(BIN)/python -m benchmarks.ledger_bench
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info

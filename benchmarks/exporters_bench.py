@@ -1,6 +1,6 @@
 """Scrape cost of both exporters on large snapshots; prints numbers, asserts nothing.
 
-Run: .venv/bin/python tests/exporters/bench_exporters.py
+Run: .venv/bin/python -m benchmarks.exporters_bench
 """
 
 from __future__ import annotations
