@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from deploy_testkit import ROOT
+from tests.deploy.deploy_testkit import ROOT
 
 DOCKERFILE = ROOT / "Dockerfile"
 

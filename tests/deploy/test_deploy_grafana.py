@@ -9,7 +9,15 @@ from typing import Any
 
 import pytest
 import yaml
-from deploy_testkit import DEPLOY, KNOWN_SERIES, check_balanced, metric_names, promtool, run
+
+from tests.deploy.deploy_testkit import (
+    DEPLOY,
+    KNOWN_SERIES,
+    check_balanced,
+    metric_names,
+    promtool,
+    run,
+)
 
 DASHBOARD = DEPLOY / "grafana" / "gpucap.json"
 _LABEL_VALUES = re.compile(r"^label_values\((?:(?P<metric>[^,()]+),\s*)?(?P<label>\w+)\)$")

@@ -11,7 +11,8 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from deploy_testkit import DEPLOY, run
+
+from tests.deploy.deploy_testkit import DEPLOY, run
 
 CHART = DEPLOY / "helm" / "gpucap"
 TEMPLATES = sorted((CHART / "templates").iterdir())

@@ -8,10 +8,17 @@ from typing import Any
 
 import pytest
 import yaml
-from deploy_testkit import DEPLOY, KNOWN_SERIES, check_balanced, metric_names, promtool, run
 
 from gpucap.core.errors import InputError
 from gpucap.exporters.promconfig import render_prometheus_config
+from tests.deploy.deploy_testkit import (
+    DEPLOY,
+    KNOWN_SERIES,
+    check_balanced,
+    metric_names,
+    promtool,
+    run,
+)
 
 PROM = DEPLOY / "prometheus"
 ALERTS = PROM / "alerts.yml"

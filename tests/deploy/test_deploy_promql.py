@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from deploy_testkit import check_balanced, metric_names
+
+from tests.deploy.deploy_testkit import check_balanced, metric_names
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,10 @@ import re
 from pathlib import Path
 
 import pytest
-from deploy_testkit import DEPLOY, ROOT
 
 from gpucap.agent.config import load_config
 from gpucap.ledger.settings import Settings
+from tests.deploy.deploy_testkit import DEPLOY, ROOT
 
 SYSTEMD = DEPLOY / "systemd"
 ENV_EXAMPLE = SYSTEMD / "gpucap.env.example"

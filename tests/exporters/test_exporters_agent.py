@@ -7,7 +7,6 @@ import urllib.error
 from collections.abc import Iterator
 
 import pytest
-from exporters_testkit import parse, promtool_check_metrics, samples, scrape
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY, generate_latest
@@ -23,6 +22,7 @@ from gpucap.exporters.agent import (
 from gpucap.exporters.errors import MetricsServerError
 from gpucap.exporters.server import MetricsServer
 from gpucap.exporters.snapshots import AgentSnapshot, DeviceSample
+from tests.exporters.exporters_testkit import parse, promtool_check_metrics, samples, scrape
 
 H100 = DeviceSample(
     uuid="GPU-11111111-2222-3333-4444-555555555555",

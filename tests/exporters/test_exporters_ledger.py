@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from exporters_testkit import parse, promtool_check_metrics, samples
 
 from gpucap.exporters.ledger import (
     FINDING_KINDS,
@@ -12,6 +11,7 @@ from gpucap.exporters.ledger import (
     metrics_response,
 )
 from gpucap.exporters.snapshots import CapSample, LedgerSnapshot, SiteSample
+from tests.exporters.exporters_testkit import parse, promtool_check_metrics, samples
 
 SNAPSHOT = LedgerSnapshot(
     ruleset_id="us-bis-ai-diffusion-2025",
