@@ -1,11 +1,16 @@
 """Ledger benchmark: ingest throughput and headroom-query latency. Prints numbers; asserts none.
 
     .venv/bin/python -m benchmarks.ledger_bench [--nodes 1000] [--pg URL] [--skip-ingest]
+        [--skip-headroom] [--only-sqlite-full] [--http] [--http-seconds 10] [--http-threads 4]
 
 Ingest goes through `Ledger.ingest` after `Report.model_validate_json`, i.e. everything the
 `POST /v1/reports` route does except HTTP and authentication, one report at a time from one
 thread. Each simulated node sends 8-GPU reports: a first report (new devices), an unchanged
 report, and a changed report (one GPU swapped).
+
+`--http` measures the whole path instead: a real `gpucap ledger serve` subprocess on 127.0.0.1
+(SQLite, default synchronous=FULL) and client threads posting unchanged 8-GPU reports with node
+tokens over keep-alive httpx connections, for a bounded time. Client and server share the CPUs.
 
 Headroom: a registry of 10,000 sites in 150 countries (1,000 entities) and 1,000,000 observed
 GPUs (100 per site, two lines per site) seeded into the `inventory_line` projection; latency is
@@ -19,8 +24,12 @@ import argparse
 import json
 import os
 import secrets
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,11 +37,12 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import sqlalchemy as sa
 
 from gpucap.core.catalogue import default_catalogue
 from gpucap.core.ruleset import country_codes
-from gpucap.ledger import ingest
+from gpucap.ledger import ingest, tokens
 from gpucap.ledger.app import headroom_answer
 from gpucap.ledger.models import Report
 from gpucap.ledger.service import Ledger
@@ -180,6 +190,99 @@ def bench_ingest(url: str, label: str, nodes: int, synchronous: str = "FULL") ->
         led.store.close()
 
 
+def _wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"ledger exited early ({proc.returncode})")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit("ledger did not become ready in 60 s")
+
+
+def bench_http(seconds: float, n_threads: int, nodes_per_thread: int = 16) -> None:
+    """POST /v1/reports against a real `gpucap ledger serve` from `n_threads` client threads."""
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{Path(tmp) / 'bench.db'}"
+        registry = Path(tmp) / "registry.yaml"
+        registry.write_text(json.dumps(_registry(50, 5, 10)), encoding="utf-8")
+        settings = Settings(db_url=url)
+        store = Store.open(settings)
+        nodes = range(n_threads * nodes_per_thread)
+        try:
+            bearer = {
+                n: tokens.issue(
+                    store,
+                    "node",
+                    START,
+                    None,
+                    node_id=f"node-{n:06d}",
+                    site_id=f"site-{n % 50:05d}",
+                )[1]
+                for n in nodes
+            }
+        finally:
+            store.close()
+        port = _free_port()
+        base = f"http://127.0.0.1:{port}"
+        cmd = [sys.executable, "-m", "gpucap", "ledger", "serve", "--registry", str(registry)]
+        cmd += ["--db", url, "--port", str(port)]
+        # Our own interpreter and arguments built here, no outside input.
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
+        try:
+            _wait_ready(base, proc)
+            with httpx.Client(base_url=base) as client:  # first reports (new devices): warm-up
+                for n in nodes:
+                    headers = {"authorization": f"Bearer {bearer[n]}"}
+                    client.post("/v1/reports", content=_report(n, 1), headers=headers)
+            lat: list[list[float]] = [[] for _ in range(n_threads)]
+            failures: list[int] = [0] * n_threads
+            stop = time.perf_counter() + seconds
+
+            def client_loop(k: int) -> None:
+                mine = [n for n in nodes if n % n_threads == k]
+                seq = 1
+                with httpx.Client(base_url=base, timeout=30) as client:
+                    while time.perf_counter() < stop:
+                        seq += 1
+                        for n in mine:
+                            body = _report(n, seq)
+                            headers = {"authorization": f"Bearer {bearer[n]}"}
+                            t = time.perf_counter()
+                            r = client.post("/v1/reports", content=body, headers=headers)
+                            lat[k].append(time.perf_counter() - t)
+                            if r.status_code != 200 or r.json()["status"] != "accepted":
+                                failures[k] += 1
+
+            t0 = time.perf_counter()
+            workers = [threading.Thread(target=client_loop, args=(k,)) for k in range(n_threads)]
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+            wall = time.perf_counter() - t0
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+        every = [x for per in lat for x in per]
+        print(
+            f"HTTP POST /v1/reports, real `gpucap ledger serve` (SQLite WAL, synchronous=FULL), "
+            f"{n_threads} client threads, {len(nodes)} nodes x 8 GPUs, {wall:.1f} s"
+        )
+        print(_line("unchanged inventory", every, wall) + f"   failures {sum(failures)}")
+
+
+def _free_port() -> int:
+    """A free loopback port (released before the server binds it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def _seed_fleet(led: Ledger, n_sites: int, gpus_per_site: int) -> int:
     line_t = table("inventory_line")
     rows, total = [], 0
@@ -268,9 +371,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus", type=int, default=1_000_000)
     parser.add_argument("--skip-ingest", action="store_true")
     parser.add_argument("--skip-headroom", action="store_true")
+    parser.add_argument(
+        "--only-sqlite-full",
+        action="store_true",
+        help="only the in-process ingest on SQLite with synchronous=FULL (quick iteration)",
+    )
+    parser.add_argument(
+        "--http", action="store_true", help="only the HTTP path against a real ledger server"
+    )
+    parser.add_argument("--http-seconds", type=float, default=10.0)
+    parser.add_argument("--http-threads", type=int, default=4)
     args = parser.parse_args(argv)
     backends = ["sqlite"] + (["postgres"] if args.pg else [])
     print(f"gpucap ledger benchmark, {os.cpu_count()} CPUs")
+    if args.http:
+        bench_http(args.http_seconds, args.http_threads)
+        return 0
+    if args.only_sqlite_full:
+        with _database("sqlite", None) as url:
+            bench_ingest(url, "SQLite (WAL, synchronous=FULL)", args.nodes, "FULL")
+        return 0
     if not args.skip_ingest:
         for kind in backends:
             with _database(kind, args.pg) as url:

@@ -21,11 +21,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from gpucap.ledger.errors import ChainBrokenError
-from gpucap.ledger.store import bump
+from gpucap.ledger.store import HotSql, bump
 from gpucap.ledger.tables import table
 
 GENESIS_HASH = "0" * 64
-_INSERT = sa.text(
+_INSERT = HotSql(
     "INSERT INTO event (seq, recorded_at, kind, actor, body, prev_hash, hash) "
     "VALUES (:seq, :recorded_at, :kind, :actor, :body, :prev_hash, :hash)"
 )
@@ -65,8 +65,8 @@ def append(
     seq = head.seq + 1
     text = canonical(body)
     digest = row_hash(seq, recorded_at, kind, actor, text, head.hash)
-    conn.execute(
-        _INSERT,
+    _INSERT.run(
+        conn,
         {
             "seq": seq,
             "recorded_at": recorded_at,

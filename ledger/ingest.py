@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -35,17 +35,38 @@ from gpucap.ledger.fold import (
 )
 from gpucap.ledger.models import Report
 from gpucap.ledger.settings import iso_instant
-from gpucap.ledger.store import State, Store, bump
+from gpucap.ledger.store import HotSql, State, Store, bump
 from gpucap.ledger.tables import table
 
-_SELECT_NODE = sa.text(
+_SELECT_NODE = HotSql(
     "SELECT node_id, site_id, last_seq, devices_digest, decommissioned_on FROM node "
     "WHERE node_id = :node_id"
 )
-_UPDATE_NODE = sa.text(
+_UPDATE_NODE = HotSql(
     "UPDATE node SET last_seq = :last_seq, last_seen = :last_seen, "
     "devices_digest = :devices_digest, agent_version = :agent_version WHERE node_id = :node_id"
 )
+_INSERT_NODE = HotSql(
+    "INSERT INTO node (node_id, site_id, last_seq, first_seen, last_seen, devices_digest, "
+    "decommissioned_on, agent_version) VALUES (:node_id, :site_id, :last_seq, :last_seen, "
+    ":last_seen, :devices_digest, NULL, :agent_version)"
+)
+_SELECT_REGISTRY_DIGEST = HotSql("SELECT digest FROM registry")
+
+
+class NodeRow(NamedTuple):
+    """The `node` columns a report is checked against."""
+
+    node_id: str
+    site_id: str
+    last_seq: int
+    devices_digest: str
+    decommissioned_on: str | None
+
+
+def node_row(conn: Connection, node_id: str) -> NodeRow | None:
+    row = _SELECT_NODE.one(conn, {"node_id": node_id})
+    return None if row is None else NodeRow(*row)
 
 
 @dataclass(frozen=True)
@@ -65,27 +86,49 @@ def registry_sites(conn: Connection) -> dict[str, str] | None:
     return {str(s["id"]): str(s["entity"]) for s in doc.get("sites", [])}
 
 
+class SiteCache:
+    """site id -> entity of the registry, kept across reports and checked under the writer lock.
+
+    Every registry change bumps `projection_version` in the same transaction, so while the
+    version a write transaction finds is the one last checked, the cached sites are current;
+    when it moved, one small SELECT of the registry digest says whether to re-read the document.
+    Only touched inside write transactions, which the writer lock serialises.
+    """
+
+    def __init__(self) -> None:
+        self._state: tuple[int, str | None, Mapping[str, str]] = (-1, None, {})
+
+    def sites(self, conn: Connection, state: State) -> Mapping[str, str]:
+        version, digest, sites = self._state
+        if state.projection_version != version:
+            row = _SELECT_REGISTRY_DIGEST.one(conn)
+            current = None if row is None else row[0]
+            if current != digest or current is None:
+                sites = registry_sites(conn) or {}
+            self._state = (state.projection_version, current, sites)
+        return sites
+
+
 def ingest_report(
     store: Store,
     report: Report,
     catalogue: Catalogue,
     now: datetime,
-    sites: Mapping[str, str] | None = None,
+    sites: SiteCache | None = None,
 ) -> Outcome:
     """Validate against the ledger's state and store one report; see the module docstring.
 
-    `sites` (site -> entity) saves a registry read per report when the caller caches it; it is
-    re-read here when the report's site is not in it, so a registry change is never missed.
+    `sites` keeps the registry's sites between reports (the caller's, one per process); without
+    it the registry is read in this transaction.
     """
     report.check_consistent()
     facts = [resolve(d, catalogue) for d in report.devices]
+    cache = sites or SiteCache()
     with store.write() as (conn, state):
-        node = conn.execute(_SELECT_NODE, {"node_id": report.node_id}).first()
+        node = node_row(conn, report.node_id)
         if node is not None and report.seq <= node.last_seq:
             return Outcome("duplicate", report.seq)
-        if sites is None or report.site_id not in sites:
-            sites = registry_sites(conn) or {}
-        if report.site_id not in sites:
+        if report.site_id not in cache.sites(conn, state):
             raise RejectedError("site_id", f"no site {report.site_id!r} in the registry")
         if node is not None and node.decommissioned_on is not None:
             raise RejectedError(
@@ -117,29 +160,21 @@ def apply_report(
     report: Report,
     facts: list[DeviceFacts],
     recorded_at: str,
-    node: Any,
+    node: NodeRow | None,
 ) -> None:
     """Fold a report into the projections (shared by ingest and rebuild)."""
-    node_t = table("node")
     new_digest = digest(facts)
     values = {
+        "node_id": report.node_id,
         "last_seq": report.seq,
         "last_seen": recorded_at,
         "devices_digest": new_digest,
         "agent_version": report.agent_version,
     }
     if node is None:
-        conn.execute(
-            sa.insert(node_t).values(
-                node_id=report.node_id,
-                site_id=report.site_id,
-                first_seen=recorded_at,
-                decommissioned_on=None,
-                **values,
-            )
-        )
+        _INSERT_NODE.run(conn, {"site_id": report.site_id, **values})
     else:
-        conn.execute(_UPDATE_NODE, {"node_id": report.node_id, **values})
+        _UPDATE_NODE.run(conn, values)
     if node is not None and node.devices_digest == new_digest:
         return  # unchanged inventory: nothing else to touch (the common case)
     existing = _devices(conn, report.node_id)
@@ -311,7 +346,6 @@ def rebuild(store: Store, catalogue: Catalogue) -> int:
     with store.write() as (conn, state):
         for name in ("device", "inventory_line", "node", "registry"):
             conn.execute(sa.delete(table(name)))
-        node_t = table("node")
         for row in list(eventlog.read_rows(conn)):
             body = json.loads(row.body)
             if row.kind == "registry":
@@ -319,9 +353,7 @@ def rebuild(store: Store, catalogue: Catalogue) -> int:
             elif row.kind == "report":
                 report = Report.model_validate_json(row.body)
                 facts = [resolve(d, catalogue) for d in report.devices]
-                node = conn.execute(
-                    sa.select(node_t).where(node_t.c.node_id == report.node_id)
-                ).first()
+                node = node_row(conn, report.node_id)
                 apply_report(conn, state, report, facts, row.recorded_at, node)
             elif row.kind == "decommission":
                 apply_decommission(conn, state, body["node_id"], row.recorded_at)

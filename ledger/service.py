@@ -71,7 +71,7 @@ class Ledger:
         self.revocations = tokens.Revocations(store, settings.revocation_ttl_s)
         self._lock = threading.Lock()
         self._registry: tuple[str, Fleet] | None = None
-        self._sites: dict[str, str] | None = None
+        self._sites = ingest.SiteCache()
         self._evals: OrderedDict[tuple[date, int], View] = OrderedDict()
         self._packs: dict[str, RulePack] = {}
         # Per-process counters (the Prometheus convention for counters; sum across processes).
@@ -100,7 +100,6 @@ class Ledger:
             return cached[1]
         fleet = ingest.load_registry_doc(json.loads(row.doc), row.origin, self.catalogue)
         self._registry = (row.digest, fleet)
-        self._sites = {s.id: s.entity for s in fleet.sites}
         return fleet
 
     def pack(self, ruleset_id: str) -> RulePack:

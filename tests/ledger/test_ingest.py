@@ -6,6 +6,7 @@ import json
 import threading
 from datetime import date
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -16,6 +17,7 @@ from gpucap.ledger import ingest
 from gpucap.ledger.errors import RejectedError
 from gpucap.ledger.models import Report
 from gpucap.ledger.service import Ledger
+from gpucap.ledger.store import Store
 from gpucap.ledger.tables import table
 from tests.ledger.support import H100_TPP, Clock, at, device, report
 
@@ -196,3 +198,22 @@ def test_concurrent_writers_accept_each_report_once(ledger: Ledger) -> None:
     assert 1 <= accepted <= 3  # a lower seq arriving after a higher one is a duplicate
     assert count(ledger, "event") == 1 + accepted
     assert lines(ledger) == [("acme-ae-1", "2025-09-01", H100_TPP, None, 8)]
+
+
+def test_a_site_removed_by_another_process_is_refused_at_once(
+    ledger: Ledger, registry_file: Path
+) -> None:
+    ledger.ingest(rep(seq=1))  # caches the registry's sites
+    other = Ledger(ledger.settings, Store.open(ledger.settings), default_catalogue())
+    try:
+        text = registry_file.read_text(encoding="utf-8")
+        registry_file.write_text(
+            text.replace("  - {id: nimbus-ae-1, entity: nimbus, country: AE}\n", ""),
+            encoding="utf-8",
+        )
+        assert other.load_registry_file(registry_file)
+    finally:
+        other.store.close()
+    with pytest.raises(RejectedError, match="no site 'nimbus-ae-1'"):
+        ledger.ingest(rep(node="n2", site="nimbus-ae-1", seq=1))
+    assert ledger.ingest(rep(seq=2)).status == "accepted"
