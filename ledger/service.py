@@ -24,7 +24,7 @@ from gpucap.core.catalogue import Catalogue, default_catalogue
 from gpucap.core.data import read_yaml
 from gpucap.core.engine import Evaluation, evaluate
 from gpucap.core.errors import InputError
-from gpucap.core.fleet import Fleet
+from gpucap.core.fleet import Fleet, Line
 from gpucap.core.report import evaluation_to_dict
 from gpucap.core.ruleset import RulePack, load_ruleset
 from gpucap.exporters.snapshots import CapSample, LedgerSnapshot, SiteSample
@@ -34,7 +34,7 @@ from gpucap.ledger.models import Report
 from gpucap.ledger.settings import Settings
 from gpucap.ledger.store import Store
 from gpucap.ledger.tables import table
-from gpucap.ledger.views import FleetIndex, ObservedLine, with_observed
+from gpucap.ledger.views import FleetIndex, ObservedRow, observed_lines, with_observed
 
 log = logging.getLogger("gpucap.ledger")
 _EVAL_CACHE = 8
@@ -48,6 +48,25 @@ def registry_doc(path: Path, catalogue: Catalogue) -> Any:
     pack = load_ruleset(fleet.ruleset)
     evaluate(fleet, pack, fleet.as_of or date.today())  # rule-dependent checks (UVEU tier)
     return doc
+
+
+# The columns in `ObservedRow` order.
+_OBSERVED_SQL = (
+    "SELECT site_id, model, tpp, eccn_class, installed, removed, count FROM inventory_line"
+)
+
+
+def _observed_rows(conn: Connection) -> list[ObservedRow]:
+    """Every `inventory_line` row as plain tuples, on the driver's cursor: SQLAlchemy's Row
+    costs more than SQLite's own work at 10,000s of rows (its equality is Python code)."""
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None  # a Connection inside read() always holds one
+    cur = dbapi.cursor()
+    try:
+        cur.execute(_OBSERVED_SQL)
+        return list(cur.fetchall())
+    finally:
+        cur.close()
 
 
 @dataclass(frozen=True)
@@ -74,6 +93,9 @@ class Ledger:
         self._sites = ingest.SiteCache()
         self._evals: OrderedDict[tuple[date, int], View] = OrderedDict()
         self._packs: dict[str, RulePack] = {}
+        # Engine lines of the last inventory read, by row content: a memo for the next read,
+        # never a source (every evaluation reads all rows from the database).
+        self._lines: dict[ObservedRow, Line] = {}
         # Per-process counters (the Prometheus convention for counters; sum across processes).
         self.reports_total: Counter[str] = Counter()
         self.auth_refusals_total: Counter[str] = Counter()
@@ -172,15 +194,16 @@ class Ledger:
                 return hit
         with self.store.read() as conn:
             registry = self.registry(conn)
-            line_t = table("inventory_line")
-            observed = [
-                ObservedLine(**{k: v for k, v in r._mapping.items() if k != "key"})
-                for r in conn.execute(sa.select(line_t))
-            ]
-        fleet = with_observed(registry, observed)
+            lines = observed_lines(_observed_rows(conn), self._lines)
+        self._lines = lines
+        fleet = with_observed(registry, lines.values())
         ev = evaluate(fleet, self.pack(fleet.ruleset), as_of)
         view = View(ev, fleet, FleetIndex.of(fleet), evaluation_to_dict(ev))
         with self._lock:
+            # Versions only grow: an older version's views can never be asked for again, and
+            # dropping them at once keeps the heap (and the garbage collector's passes) small.
+            for stale in [k for k in self._evals if k[1] < version]:
+                del self._evals[stale]
             self._evals[key] = view
             while len(self._evals) > _EVAL_CACHE:
                 self._evals.popitem(last=False)

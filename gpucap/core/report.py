@@ -24,7 +24,10 @@ def tpp_number(value: Fraction) -> int | float:
 
 def h100e_number(value: Fraction, h100e_tpp: Fraction) -> float:
     """A TPP figure in H100-equivalents, rounded to 3 decimals."""
-    return round(float(value / h100e_tpp), 3)
+    # float(value / h100e_tpp) without building the quotient Fraction: int / int is correctly
+    # rounded, as Fraction.__float__ is, and a ratio's float does not depend on its reduction.
+    num = value.numerator * h100e_tpp.denominator
+    return round(num / (value.denominator * h100e_tpp.numerator), 3)
 
 
 def check_to_dict(check: Check, h100e_tpp: Fraction) -> dict[str, Any]:
