@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -24,6 +25,7 @@ _COMMAND_MODULES = ("gpucap.core.cli", "gpucap.agent.cli", "gpucap.ledger.cli", 
 
 EXIT_INPUT = 2
 EXIT_OPERATIONAL = 3
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a killed writer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,4 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OPERATIONAL
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`gpucap evaluate ... | head`): stop quietly, as a shell tool does.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     return code

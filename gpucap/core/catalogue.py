@@ -6,7 +6,7 @@ spacing folded. The 3A090 class is computed here from TPP and die area (never re
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import cache
 from pathlib import Path
@@ -50,6 +50,9 @@ class Catalogue:
     accelerators: tuple[Accelerator, ...]
     h100e_tpp: int
     thresholds: Thresholds
+    _by_id: dict[str, Accelerator] = field(init=False, repr=False, compare=False)
+    _by_pci: dict[tuple[int, int], Accelerator] = field(init=False, repr=False, compare=False)
+    _by_name: dict[str, Accelerator] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         by_id = {a.id: a for a in self.accelerators}
@@ -60,14 +63,14 @@ class Catalogue:
                 by_pci.setdefault((acc.pci_vendor_id, dev), acc)
             for name in acc.nvml_names:
                 by_name.setdefault(_fold(name), acc)
+        # A frozen dataclass sets its derived indexes through object.__setattr__.
         object.__setattr__(self, "_by_id", by_id)
         object.__setattr__(self, "_by_pci", by_pci)
         object.__setattr__(self, "_by_name", by_name)
 
     def get(self, model_id: str) -> Accelerator | None:
         """The model with this stable id, or None."""
-        by_id: dict[str, Accelerator] = getattr(self, "_by_id")  # noqa: B009 (set in __post_init__)
-        return by_id.get(model_id)
+        return self._by_id.get(model_id)
 
     def match(
         self,
@@ -76,14 +79,12 @@ class Catalogue:
         pci_vendor_id: int = NVIDIA_PCI_VENDOR_ID,
     ) -> Accelerator | None:
         """Identify a device: PCI (vendor, device) id first, then its name; None if unknown."""
-        by_pci: dict[tuple[int, int], Accelerator] = getattr(self, "_by_pci")  # noqa: B009
-        by_name: dict[str, Accelerator] = getattr(self, "_by_name")  # noqa: B009
         if pci_device_id is not None:
-            found = by_pci.get((pci_vendor_id, pci_device_id))
+            found = self._by_pci.get((pci_vendor_id, pci_device_id))
             if found is not None:
                 return found
         if name:
-            return by_name.get(_fold(name))
+            return self._by_name.get(_fold(name))
         return None
 
     def h100e(self, tpp: Fraction | int) -> Fraction:

@@ -9,14 +9,15 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from gpucap.core.data import parse_day
 from gpucap.core.errors import InputError
 
 
 def _as_of(text: str) -> date:
     try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise InputError("--as-of", f"expected a date (YYYY-MM-DD), got {text!r}") from None
+        return parse_day(text)
+    except ValueError as exc:
+        raise InputError("--as-of", str(exc)) from None
 
 
 def register(subparsers: Any) -> None:

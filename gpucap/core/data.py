@@ -1,7 +1,14 @@
-"""Reading the YAML data files shipped in `gpucap/data/` (or a file the caller names)."""
+"""Reading YAML files (shipped in `gpucap/data/` or named by the user), and ISO dates.
+
+YAML is read with YAML 1.2 scalar rules: only `true`/`false` are booleans (so the country code
+`NO` stays a string) and dates stay strings until `parse_day` reads them with the field path (so
+an impossible date is a clear input error, not a loader crash).
+"""
 
 from __future__ import annotations
 
+import re
+from datetime import date, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -9,6 +16,42 @@ from typing import Any
 import yaml
 
 from gpucap.core.errors import DataError, InputError
+
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_BOOL = "tag:yaml.org,2002:bool"
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans and no implicit timestamps."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_BOOL, _TIMESTAMP)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def load_yaml_text(text: str) -> Any:
+    """Parse YAML text with the project's scalar rules (raises yaml.YAMLError)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (_Loader is a SafeLoader)
+
+
+def parse_day(value: Any) -> date:
+    """A calendar date from `YYYY-MM-DD` text (or a date); ValueError with the reason otherwise."""
+    if isinstance(value, datetime):
+        raise ValueError("expected a date (YYYY-MM-DD), not a date and time")
+    if isinstance(value, date):
+        return value
+    if isinstance(value, str) and _DAY.match(value):
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"not a valid date: {value!r}") from None
+    raise ValueError(f"expected a date (YYYY-MM-DD), got {value!r}")
 
 
 def read_yaml(path: Path, *, error: type[DataError] | type[InputError] = DataError) -> Any:
@@ -18,7 +61,7 @@ def read_yaml(path: Path, *, error: type[DataError] | type[InputError] = DataErr
     except OSError as exc:
         raise error(str(path), f"cannot read file: {exc.strerror or exc}") from exc
     try:
-        return yaml.safe_load(text)
+        return load_yaml_text(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -115,7 +115,7 @@ def checks_table(checks: list[dict[str, Any]], width: int = 200) -> str:
         ("headroom TPP (H100e)", "right"),
         ("confidence", "left"),
     ):
-        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]  # rich's JustifyMethod is a Literal
     for c in checks:
         if "limit_tpp" in c:
             limit = _tpp_cell(c["limit_tpp"], c["limit_h100e"])

@@ -18,7 +18,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from gpucap.core.data import read_yaml, require_mapping, shipped
+from gpucap.core.data import parse_day, read_yaml, require_mapping, shipped
 from gpucap.core.errors import DataError, InputError
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -214,10 +214,10 @@ class _Reader:
         return value
 
     def day(self, key: str) -> date:
-        value = self.raw.get(key)
-        if isinstance(value, date):
-            return value
-        raise DataError(self.at(key), f"expected a date (YYYY-MM-DD), got {value!r}")
+        try:
+            return parse_day(self.raw.get(key))
+        except ValueError as exc:
+            raise DataError(self.at(key), str(exc)) from None
 
     def number(self, key: str) -> Fraction:
         value = self.raw.get(key)

@@ -7,8 +7,7 @@ sections, catalogue models and country codes are checked after. Every problem be
 
 from __future__ import annotations
 
-import re
-from datetime import date, datetime
+from datetime import date
 from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -17,28 +16,12 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from gpucap.core.catalogue import Catalogue, default_catalogue
 from gpucap.core.classify import INDETERMINATE, classify
-from gpucap.core.data import read_yaml
+from gpucap.core.data import parse_day, read_yaml
 from gpucap.core.errors import InputError
 from gpucap.core.fleet import CountryFacts, Entity, Fleet, Line, Site
 from gpucap.core.ruleset import country_codes
 
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-
-
-def _as_date(value: Any) -> date:
-    if isinstance(value, datetime):
-        raise ValueError("expected a date (YYYY-MM-DD), not a date and time")
-    if isinstance(value, date):
-        return value
-    if isinstance(value, str) and _DATE.match(value):
-        try:
-            return date.fromisoformat(value)
-        except ValueError as exc:
-            raise ValueError(f"not a valid date: {value!r}") from exc
-    raise ValueError(f"expected a date (YYYY-MM-DD), got {value!r}")
-
-
-Day = Annotated[date, BeforeValidator(_as_date)]
+Day = Annotated[date, BeforeValidator(parse_day)]
 Ident = Annotated[
     str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 ]
@@ -92,7 +75,7 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("function-before[_as_date()]",) or "[" in str(part):
+        elif "[" in str(part):
             continue  # pydantic's validator frames, not fields
         else:
             out += f".{part}" if out else str(part)

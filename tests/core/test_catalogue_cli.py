@@ -32,3 +32,23 @@ def test_catalogue_table_shows_ids_tpp_and_class(capsys: pytest.CaptureFixture[s
     row = next(ln for ln in out.splitlines() if "h20-96gb" in ln)
     assert "2,368" in row
     assert "not_controlled" in row
+
+
+def test_a_closed_pipe_ends_quietly() -> None:
+    """`gpucap catalogue --format json | head -c 1`: no traceback when the reader goes away."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gpucap", "catalogue", "--format", "json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    assert proc.stdout.read(1) == b"["
+    proc.stdout.close()  # the reader goes away before the writer is done
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=30) in (0, 141)  # 0 if everything fitted in the pipe buffer
+    assert "Traceback" not in err

@@ -111,3 +111,47 @@ def test_no_traceback_from_the_installed_command(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert proc.stderr == "gpucap: error: inventory[0].count: must be at least 1\n"
+
+
+RAW = """\
+ruleset: us-bis-ai-diffusion-2025
+as_of: 2026-06-30
+countries: {{NO: {{gov_agreement: {agreement}}}}}
+entities:
+  - {{id: fjord, headquarters: NO, status: uveu}}
+sites:
+  - {{id: f1, entity: fjord, country: NO}}
+inventory:
+  - {{site: f1, model: h100-sxm5-80gb, count: 1, installed: {installed}}}
+"""
+
+
+def test_unquoted_yaml_dates_and_norway(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Written by hand, unquoted: `NO` is Norway (not false) and a date is read as a date."""
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(RAW.format(agreement="true", installed="2025-06-01"))
+    assert main(["evaluate", str(scenario), "--format", "json"]) == 0
+    assert '"country": "NO"' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("agreement", "installed", "message"),
+    [
+        ("true", "2025-13-01", "inventory[0].installed: not a valid date: '2025-13-01'"),
+        ("true", "2025-06-01T10:00:00", "inventory[0].installed: expected a date (YYYY-MM-DD)"),
+        ("yes", "2025-06-01", "countries.NO.gov_agreement:"),
+    ],
+)
+def test_unquoted_yaml_errors_name_the_field(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    agreement: str,
+    installed: str,
+    message: str,
+) -> None:
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(RAW.format(agreement=agreement, installed=installed))
+    assert main(["evaluate", str(scenario)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert message in err
