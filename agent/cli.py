@@ -152,7 +152,8 @@ def _run(args: argparse.Namespace) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    spool = Spool(config.spool, config.spool_max_reports)
+    clock = SystemClock()
+    spool = Spool(config.spool, config.spool_max_reports, clock=clock)
     backend = open_backend(config.fake, timeout_seconds=config.nvml_timeout_seconds)
 
     def sender(cfg: AgentConfig) -> LedgerClient:
@@ -170,7 +171,7 @@ def _run(args: argparse.Namespace) -> int:
         spool=spool,
         sender_factory=sender,
         catalogue=default_catalogue(),
-        clock=SystemClock(),
+        clock=clock,
         publish=box.set,
         reload_config=lambda _old: load_config(flags, config_file=args.config_file),
     )

@@ -10,6 +10,11 @@ Every write is temp file + fsync + rename + fsync of the directory, so a crash (
 power loss) leaves either the old or the new file. `reserve()` persists the next sequence
 number before the caller uses one, so a sequence number is never handed out twice, even if
 the process dies between reserving and writing its report (that number is simply skipped).
+
+Sequence numbers never go below the wall clock in Unix milliseconds at start (`seq_floor`).
+So a lost or corrupt state.json (or a wiped spool) cannot make the agent reuse a number the
+ledger has already seen: every earlier number was at most its start time in milliseconds plus
+one per report since, and the agent makes far fewer than one report per millisecond.
 """
 
 from __future__ import annotations
@@ -18,12 +23,23 @@ import json
 import logging
 import os
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from gpucap.agent.clock import Clock, SystemClock
 from gpucap.agent.errors import SpoolError
 
 log = logging.getLogger("gpucap.agent.spool")
+
+# The largest sequence number: exact as a JSON number everywhere (IEEE double), and well inside
+# the ledger's bound (2**62) and its BIGINT column. Unix milliseconds reach it in year 287396.
+MAX_SEQ = 2**53 - 1
+
+
+def seq_floor(moment: datetime) -> int:
+    """The lowest sequence number to hand out at `moment`: Unix time in milliseconds."""
+    return max(1, int(moment.timestamp() * 1000))
 
 
 @dataclass(frozen=True)
@@ -58,7 +74,9 @@ def atomic_write(path: Path, data: bytes) -> None:
 class Spool:
     """Pending reports in sequence order, bounded to `max_reports` (heartbeats dropped first)."""
 
-    def __init__(self, directory: Path, max_reports: int = 10_000) -> None:
+    def __init__(
+        self, directory: Path, max_reports: int = 10_000, *, clock: Clock | None = None
+    ) -> None:
         self.directory = directory
         self.max_reports = max_reports
         self._reports = directory / "reports"
@@ -73,25 +91,36 @@ class Spool:
             raise SpoolError(
                 str(directory), f"cannot use spool directory: {exc.strerror or exc}"
             ) from exc
-        self._next_seq, self.last_fingerprint = self._load_state()
+        floor = seq_floor((clock or SystemClock()).now())
+        state_seq, self.last_fingerprint = self._load_state(floor)
         highest = max((s for s, _ in self._entries()), default=0)
-        self._next_seq = max(self._next_seq, highest + 1)
+        self._next_seq = max(state_seq, highest + 1, floor)
 
-    def _load_state(self) -> tuple[int, str | None]:
+    def _load_state(self, floor: int) -> tuple[int, str | None]:
+        """(next_seq, last fingerprint) from state.json; 1 when it is missing or unreadable.
+
+        Losing the state is safe because the caller never goes below the wall-clock floor;
+        the spooled reports only ever raise the number further.
+        """
         try:
             raw = json.loads(self._state.read_text(encoding="utf-8"))
             seq = raw["next_seq"]
             fingerprint = raw.get("last_fingerprint")
-            if not isinstance(seq, int) or seq < 1:
-                raise ValueError("next_seq")
+            if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq <= MAX_SEQ:
+                raise ValueError(f"next_seq {seq!r} is not an integer from 1 to {MAX_SEQ}")
             return seq, fingerprint if isinstance(fingerprint, str) else None
         except FileNotFoundError:
             return 1, None
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            # The state is rebuilt from the reports and quarantine; keep the broken file aside.
+            log.warning(
+                "spool state %s is unreadable (%s); moved to quarantine, sequence numbers "
+                "continue from the wall-clock floor %d, above any used before",
+                self._state,
+                exc,
+                floor,
+            )
             self._quarantine_file(self._state, f"unreadable spool state: {exc}")
-            quarantined = [self._seq_of(p.name) for p in self._quarantine.glob("*.json")]
-            return max([s for s in quarantined if s is not None], default=0) + 1, None
+            return 1, None
 
     def _write_state(self) -> None:
         body = {"next_seq": self._next_seq, "last_fingerprint": self.last_fingerprint}
@@ -117,6 +146,8 @@ class Spool:
     def reserve(self) -> int:
         """The next sequence number, persisted as used before it is returned."""
         seq = self._next_seq
+        if seq > MAX_SEQ:
+            raise SpoolError(str(self._state), f"sequence numbers exhausted at {MAX_SEQ}")
         self._next_seq += 1
         self._write_state()
         return seq

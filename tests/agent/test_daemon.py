@@ -14,10 +14,12 @@ from gpucap.agent.clock import FakeClock
 from gpucap.agent.config import load_config
 from gpucap.agent.daemon import Daemon
 from gpucap.agent.ledger_client import LedgerClient
-from gpucap.agent.spool import Spool
+from gpucap.agent.spool import Spool, seq_floor
 from gpucap.core.catalogue import default_catalogue
 
 from .conftest import make_backend
+
+FLOOR = seq_floor(FakeClock().now())  # the first sequence number a spool opened at that time uses
 
 
 class Ledger:
@@ -60,13 +62,14 @@ def _daemon(tmp_path: Path, ledger: Ledger, scenario: str = "hot-unplug", **flag
         environ={},
     )
     transport = httpx.MockTransport(ledger.handler)
+    clock = FakeClock()
     return Daemon(
         config,
         backend=make_backend("fake", scenario),
-        spool=Spool(config.spool, config.spool_max_reports),
+        spool=Spool(config.spool, config.spool_max_reports, clock=clock),
         sender_factory=lambda c: LedgerClient(c.ledger, c.token, transport=transport),
         catalogue=default_catalogue(),
-        clock=FakeClock(),
+        clock=clock,
     )
 
 
@@ -79,7 +82,7 @@ def test_ledger_down_then_up_every_report_once_in_order(
     while daemon.spool.count():  # drain what is left, as the next passes would
         daemon.send_once()
     seqs = [r["seq"] for r in ledger.accepted]
-    assert seqs == sorted(seqs) == list(range(1, 9))
+    assert seqs == sorted(seqs) == list(range(FLOOR, FLOOR + 8))
     assert ledger.auth == {"Bearer t0k"}
     for report in ledger.accepted:
         jsonschema.validate(report, report_schema)
@@ -137,27 +140,27 @@ def test_no_driver_sends_nothing_and_publishes_degraded(tmp_path: Path) -> None:
 
 
 def test_spool_bound_drops_oldest_heartbeats_never_changes(tmp_path: Path) -> None:
-    spool = Spool(tmp_path, max_reports=3)
+    spool = Spool(tmp_path, max_reports=3, clock=FakeClock())
     for i, change in enumerate([True, False, False, True, False, True], start=1):
         seq = spool.reserve()
         spool.put(seq, {"seq": seq}, change=change, fingerprint=str(i))
-    kept = [(p.seq, p.change) for p in spool.pending()]
+    kept = [(p.seq - FLOOR + 1, p.change) for p in spool.pending()]
     assert kept == [(1, True), (4, True), (6, True)]
     seq = spool.reserve()
     assert not spool.put(seq, {"seq": seq}, change=False, fingerprint="x")  # full of changes
 
 
 def test_seq_survives_reopen_and_corrupt_files_are_quarantined(tmp_path: Path) -> None:
-    spool = Spool(tmp_path)
+    spool = Spool(tmp_path, clock=FakeClock())
     for _ in range(3):
         seq = spool.reserve()
         spool.put(seq, {"seq": seq}, change=True, fingerprint="f")
-    (tmp_path / "reports" / f"{2:020d}.c.json").write_text("{not json")
-    spool.acknowledge(spool.pending()[-1])  # seq 3 delivered
-    reopened = Spool(tmp_path)
-    assert reopened.reserve() == 4
-    assert [p.seq for p in reopened.pending()] == [1]
-    assert [p.name for p in reopened.quarantined()] == [f"{2:020d}.c.json"]
+    (tmp_path / "reports" / f"{FLOOR + 1:020d}.c.json").write_text("{not json")
+    spool.acknowledge(spool.pending()[-1])  # the third report delivered
+    reopened = Spool(tmp_path, clock=FakeClock())  # the same instant: the state file decides
+    assert reopened.reserve() == FLOOR + 3
+    assert [p.seq for p in reopened.pending()] == [FLOOR]
+    assert [p.name for p in reopened.quarantined()] == [f"{FLOOR + 1:020d}.c.json"]
 
 
 def test_bad_option_names_the_flag() -> None:

@@ -160,7 +160,7 @@ def test_ledger_down_then_up_every_change_once_in_order(
     finally:
         err = _stop(proc)
     seqs = sorted(ledger.accepted)
-    assert seqs == list(range(1, len(seqs) + 1))  # nothing lost, nothing skipped
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # nothing lost, nothing skipped
     arrival = [b["seq"] for b in ledger.received if b["seq"] in ledger.accepted]
     first_arrivals = list(dict.fromkeys(arrival))
     assert first_arrivals == seqs  # in order
@@ -188,15 +188,21 @@ def test_kill_9_mid_send_loses_nothing_and_reuses_no_seq(
         proc.kill()  # SIGKILL: no cleanup of any kind
         proc.communicate(timeout=30)
     stalled = ledger.received[0]["seq"]
+    spooled = sorted(int(p.name.split(".")[0]) for p in (spool / "reports").glob("*.json"))
+    assert spooled[0] == stalled
+    assert spooled == list(range(stalled, stalled + len(spooled)))
     ledger.mode = "up"
     ledger.release.set()
     proc = _agent(ledger, spool, "dgx-h100")
     try:
-        _until(lambda: len(ledger.accepted) >= stalled + 5, "reports after the restart")
+        _until(lambda: len(ledger.accepted) >= len(spooled) + 5, "reports after the restart")
     finally:
         _stop(proc)
     seqs = sorted(ledger.accepted)
-    assert seqs == list(range(1, len(seqs) + 1))
+    assert seqs[: len(spooled)] == spooled  # everything spooled before the kill arrived
+    arrival = list(dict.fromkeys(b["seq"] for b in ledger.received))
+    assert arrival == seqs  # strictly increasing, across the restart too (the handler checks
+    # that no seq ever arrives with another body)
     resent = [b["seq"] for b in ledger.received].count(stalled)
     assert resent == 2  # delivered once before the kill, resent once after: a duplicate, not a loss
 
@@ -214,8 +220,9 @@ def test_rejected_reports_are_quarantined_and_agent_keeps_running(
     reasons = sorted((tmp_path / "spool" / "quarantine").glob("*.reason"))
     assert len(reasons) >= 3
     assert reasons[0].read_text() == "HTTP 422: devices: rejected for the test\n"
-    assert "ledger rejected report 1, quarantined: HTTP 422: devices: rejected for the test" in err
     seqs = [b["seq"] for b in ledger.received]
+    reason = "HTTP 422: devices: rejected for the test"
+    assert f"ledger rejected report {seqs[0]}, quarantined: {reason}" in err
     assert seqs == sorted(set(seqs))  # each rejected once, never retried
 
 

@@ -1,0 +1,106 @@
+"""The spool on real files: sequence numbers that survive a lost state, I/O failures, order."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from gpucap.agent.clock import FakeClock
+from gpucap.agent.spool import MAX_SEQ, Spool, seq_floor
+
+INTERVAL = 60.0  # seconds between collections, the default
+
+
+def _deliver(spool: Spool, clock: FakeClock, n: int) -> list[int]:
+    """`n` collections, each reported and acknowledged by the ledger; the seqs used."""
+    used = []
+    for i in range(n):
+        seq = spool.reserve()
+        spool.put(seq, {"seq": seq}, change=True, fingerprint=str(i))
+        (item,) = spool.pending()
+        spool.acknowledge(item)
+        used.append(seq)
+        clock.wait(INTERVAL)
+    return used
+
+
+@pytest.mark.parametrize("damage", ["garbage", "empty", "not-a-number", "beyond-max", "deleted"])
+def test_lost_or_corrupt_state_never_reuses_a_seq(
+    tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock()
+    used = _deliver(Spool(tmp_path, clock=clock), clock, 5)
+    state = tmp_path / "state.json"
+    if damage == "garbage":
+        state.write_bytes(b'{"next_seq": 6, "last_fi\xff')
+    elif damage == "empty":
+        state.write_bytes(b"")  # a crash of a filesystem without data journalling
+    elif damage == "not-a-number":
+        state.write_text(json.dumps({"next_seq": "6"}))
+    elif damage == "beyond-max":
+        state.write_text(json.dumps({"next_seq": 2**63}))
+    else:
+        state.unlink()
+    clock.wait(5.0)  # the restart
+    with caplog.at_level(logging.WARNING, logger="gpucap.agent.spool"):
+        reopened = Spool(tmp_path, clock=clock)
+    fresh = [reopened.reserve() for _ in range(3)]
+    assert min(fresh) > max(used)
+    assert fresh == sorted(fresh)
+    assert fresh[0] == seq_floor(clock.now())
+    if damage == "deleted":
+        assert not caplog.records  # a first start looks the same: nothing to warn about
+        return
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert str(state) in warning.getMessage()
+    assert "wall-clock floor" in warning.getMessage()
+    (kept,) = reopened.quarantined()
+    assert kept.name == "state.json"
+    assert "unreadable spool state" in kept.with_name("state.json.reason").read_text()
+    assert json.loads(state.read_text())["next_seq"] == fresh[-1] + 1  # a good state again
+
+
+def test_floor_applies_on_every_start_and_never_lowers_the_state(tmp_path: Path) -> None:
+    clock = FakeClock()
+    used = _deliver(Spool(tmp_path, clock=clock), clock, 2)
+    assert used[0] == seq_floor(FakeClock().now())
+    clock.wait(3600.0)
+    assert Spool(tmp_path, clock=clock).reserve() == seq_floor(clock.now())  # the clock moved on
+    state = tmp_path / "state.json"
+    ahead = seq_floor(clock.now()) + 10**9  # the wall clock was stepped back since
+    state.write_text(json.dumps({"next_seq": ahead, "last_fingerprint": None}))
+    assert Spool(tmp_path, clock=clock).reserve() == ahead
+
+
+def test_a_pending_report_above_the_state_raises_the_next_seq(tmp_path: Path) -> None:
+    clock = FakeClock()
+    spool = Spool(tmp_path, clock=clock)
+    seq = spool.reserve()
+    high = seq + 10**6
+    spool.put(high, {"seq": high}, change=True, fingerprint="f")
+    (tmp_path / "state.json").unlink()
+    assert Spool(tmp_path, clock=clock).reserve() == high + 1
+
+
+def test_seq_stays_within_the_schema_and_the_ledger(report_schema: dict[str, object]) -> None:
+    far = seq_floor(datetime(9999, 12, 31, tzinfo=UTC))
+    assert far < MAX_SEQ < 2**62  # the ledger accepts seq up to 2**62 and stores a BIGINT
+    assert float(MAX_SEQ) == MAX_SEQ  # exact as a JSON number in every parser
+    seq_schema = report_schema["properties"]["seq"]  # type: ignore[index]
+    jsonschema.validate(far, seq_schema)
+    jsonschema.validate(seq_floor(datetime(1970, 1, 1, tzinfo=UTC)), seq_schema)  # never 0
+
+
+def test_reserve_refuses_to_pass_the_maximum(tmp_path: Path) -> None:
+    from gpucap.agent.errors import SpoolError
+
+    (tmp_path / "state.json").write_text(json.dumps({"next_seq": MAX_SEQ}))
+    spool = Spool(tmp_path, clock=FakeClock())
+    assert spool.reserve() == MAX_SEQ
+    with pytest.raises(SpoolError, match="exhausted"):
+        spool.reserve()
