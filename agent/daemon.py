@@ -3,6 +3,10 @@
 One thread runs the loop; each pass does one step (a collection, or one send) and then waits
 for whichever is due next. SIGTERM sets `stop` and wakes the wait, so the current step
 finishes and the loop ends; SIGHUP sets `reload`, handled between steps.
+
+A failing spool (full disk, I/O error) fails only the step that met it: it is logged once per
+distinct reason, counted, sends back off as for an unreachable ledger, collection goes on,
+and the next step that succeeds logs the recovery.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from gpucap import __version__
 from gpucap.agent.backend import NvmlBackend
 from gpucap.agent.clock import Clock
 from gpucap.agent.config import AgentConfig
+from gpucap.agent.errors import SpoolError
 from gpucap.agent.inventory import Inventory, build_inventory, reconcile
 from gpucap.agent.ledger_client import ACK, REJECT, LedgerClient, SendResult
 from gpucap.agent.model import DeviceReading, NodeReading
@@ -79,6 +84,7 @@ def snapshot_of(
         last_report_success_timestamp_seconds=stats.last_success_timestamp_seconds,
         report_failures_total=stats.failures_total,
         spool_reports=stats.spool_reports,
+        spool_errors_total=stats.spool_errors_total,
     )
 
 
@@ -88,6 +94,7 @@ class DaemonStats:
     last_success_timestamp_seconds: float | None = None
     failures_total: int = 0
     spool_reports: int = 0
+    spool_errors_total: int = 0  # spool steps (store, read, remove) that failed with an I/O error
     sent: list[int] = field(default_factory=list)
 
 
@@ -125,6 +132,8 @@ class Daemon:
         self._nvml_up = False
         self._last_reason: str | None = ""
         self._failures = 0
+        self._spool_problem: str | None = None  # the spool failure last logged, until recovery
+        self._spool_failures = 0  # consecutive failed spool steps, for the send backoff
         self._retry_at = 0.0
         self._next_collect = clock.monotonic()
         self.collections = 0
@@ -188,7 +197,12 @@ class Daemon:
                 self.catalogue,
             )
             self._inventory = inventory
-            self._spool(inventory)
+            try:
+                self._spool(inventory)
+            except SpoolError as exc:
+                self._spool_failed(exc)
+            else:
+                self._spool_ok()
         self._publish()
 
     def _note_nvml(self, reading: NodeReading) -> None:
@@ -225,6 +239,22 @@ class Daemon:
 
     def send_once(self) -> None:
         """Send the oldest pending report; reports go strictly in sequence order."""
+        try:
+            self._send_oldest()
+        except SpoolError as exc:
+            self._spool_failed(exc)
+            delay = backoff_seconds(
+                self._spool_failures,
+                self.config.retry_initial_seconds,
+                self.config.retry_max_seconds,
+                self.rng,
+            )
+            self._retry_at = self.clock.monotonic() + delay
+        else:
+            self._spool_ok()
+        self._publish()
+
+    def _send_oldest(self) -> None:
         pending = self.spool.pending()
         self.stats.spool_reports = len(pending)
         if not pending:
@@ -232,12 +262,12 @@ class Daemon:
         item = pending[0]
         result = self.sender.send(item.report)
         if result.outcome == ACK:
-            self.spool.acknowledge(item)
             self._failures = 0
             self._retry_at = 0.0
             self.stats.last_success_timestamp_seconds = self.clock.now().timestamp()
             self.stats.sent.append(item.seq)
             log.debug("report %d acknowledged: %s", item.seq, result.reason)
+            self.spool.acknowledge(item)  # if this fails, the resend is answered `duplicate`
         elif result.outcome == REJECT:
             self.stats.failures_total += 1
             log.error("ledger rejected report %d, quarantined: %s", item.seq, result.reason)
@@ -261,7 +291,23 @@ class Daemon:
                 len(pending),
             )
         self.stats.spool_reports = self.spool.count()
-        self._publish()
+
+    def _spool_failed(self, exc: SpoolError) -> None:
+        self.stats.spool_errors_total += 1
+        self._spool_failures += 1
+        if str(exc) != self._spool_problem:
+            self._spool_problem = str(exc)
+            log.error("spool failing (collection and delivery go on, retried): %s", exc)
+
+    def _spool_ok(self) -> None:
+        if self._spool_problem is not None:
+            log.info(
+                "spool working again after %d failed step(s): %s",
+                self._spool_failures,
+                self._spool_problem,
+            )
+        self._spool_problem = None
+        self._spool_failures = 0
 
     def _publish(self) -> None:
         self.publish(snapshot_of(self.config, self._inventory, self._nvml_up, self.stats))

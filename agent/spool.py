@@ -11,6 +11,10 @@ power loss) leaves either the old or the new file. `reserve()` persists the next
 number before the caller uses one, so a sequence number is never handed out twice, even if
 the process dies between reserving and writing its report (that number is simply skipped).
 
+An I/O failure (ENOSPC, EIO, EACCES, a file where a directory belongs) raises SpoolError
+naming the path and the reason, never leaves a half-written file, and loses no stored report;
+the same call succeeds once the cause is gone.
+
 Sequence numbers never go below the wall clock in Unix milliseconds at start (`seq_floor`).
 So a lost or corrupt state.json (or a wiped spool) cannot make the agent reuse a number the
 ledger has already seen: every earlier number was at most its start time in milliseconds plus
@@ -19,9 +23,12 @@ one per report since, and the agent makes far fewer than one report per millisec
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -59,16 +66,43 @@ def _fsync_dir(path: Path) -> None:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so that a crash leaves the old or the new content, whole."""
+    """Replace `path` with `data` so that a crash leaves the old or the new content, whole.
+
+    On an OSError the temp file is removed (best effort) and `path` is left untouched.
+    """
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:  # os.write may write less than asked (a full disk, a signal)
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        with suppress(OSError):
+            tmp.unlink()
+        raise
     _fsync_dir(path.parent)
+
+
+def describe(exc: OSError) -> str:
+    """An OSError as one stable line: 'No space left on device (ENOSPC)'."""
+    name = errno.errorcode.get(exc.errno or 0)
+    text = exc.strerror or str(exc)
+    return f"{text} ({name})" if name else text
+
+
+@contextmanager
+def _failing_as(path: Path, action: str) -> Iterator[None]:
+    """Turn an OSError into SpoolError(path, 'action: reason'); the reason does not vary per
+    report, so a caller can log a persistent failure once."""
+    try:
+        yield
+    except OSError as exc:
+        raise SpoolError(str(path), f"{action}: {describe(exc)}") from exc
 
 
 class Spool:
@@ -82,18 +116,14 @@ class Spool:
         self._reports = directory / "reports"
         self._quarantine = directory / "quarantine"
         self._state = directory / "state.json"
-        try:
+        with _failing_as(directory, "cannot use spool directory"):
             self._reports.mkdir(parents=True, exist_ok=True)
             self._quarantine.mkdir(parents=True, exist_ok=True)
             for stale in self._reports.glob(".*.tmp"):
                 stale.unlink()  # a write interrupted before its rename
-        except OSError as exc:
-            raise SpoolError(
-                str(directory), f"cannot use spool directory: {exc.strerror or exc}"
-            ) from exc
-        floor = seq_floor((clock or SystemClock()).now())
-        state_seq, self.last_fingerprint = self._load_state(floor)
-        highest = max((s for s, _ in self._entries()), default=0)
+            floor = seq_floor((clock or SystemClock()).now())
+            state_seq, self.last_fingerprint = self._load_state(floor)
+            highest = max((s for s, _ in self._entries()), default=0)
         self._next_seq = max(state_seq, highest + 1, floor)
 
     def _load_state(self, floor: int) -> tuple[int, str | None]:
@@ -119,7 +149,7 @@ class Spool:
                 exc,
                 floor,
             )
-            self._quarantine_file(self._state, f"unreadable spool state: {exc}")
+            self._quarantine_or_log(self._state, f"unreadable spool state: {exc}")
             return 1, None
 
     def _write_state(self) -> None:
@@ -138,7 +168,7 @@ class Spool:
                 continue
             seq = self._seq_of(path.name)
             if seq is None:
-                self._quarantine_file(path, "not a spool file name")
+                self._quarantine_or_log(path, "not a spool file name")
                 continue
             entries.append((seq, path))
         return sorted(entries)
@@ -148,12 +178,23 @@ class Spool:
         seq = self._next_seq
         if seq > MAX_SEQ:
             raise SpoolError(str(self._state), f"sequence numbers exhausted at {MAX_SEQ}")
-        self._next_seq += 1
-        self._write_state()
+        self._next_seq += 1  # not handed out again in this process even if the write fails
+        with _failing_as(self._state, "cannot record the next sequence number"):
+            self._write_state()
         return seq
 
     def put(self, seq: int, report: dict[str, Any], *, change: bool, fingerprint: str) -> bool:
-        """Store a report durably; False if it was a heartbeat dropped because the spool is full."""
+        """Store a report durably; False if it was a heartbeat dropped because the spool is full.
+
+        On SpoolError `last_fingerprint` is unchanged, so the next collection is reported as
+        a change again; the report itself is either whole on disk (and will be sent) or absent.
+        """
+        with _failing_as(self._reports, "cannot store a report"):
+            return self._put(seq, report, change=change, fingerprint=fingerprint)
+
+    def _put(self, seq: int, report: dict[str, Any], *, change: bool, fingerprint: str) -> bool:
+        if not self._reports.exists():
+            self._reports.mkdir()  # recreated if it was removed
         entries = self._entries()
         if len(entries) >= self.max_reports:
             heartbeats = [p for _, p in entries if ".h." in p.name]
@@ -167,8 +208,7 @@ class Spool:
                 )
             elif not change:
                 log.warning("spool full of changes: heartbeat %d not stored", seq)
-                self.last_fingerprint = fingerprint
-                self._write_state()
+                self._write_state_with(fingerprint)
                 return False
             else:
                 log.error(
@@ -178,49 +218,81 @@ class Spool:
         atomic_write(
             self._reports / f"{seq:020d}.{kind}.json", json.dumps(report, sort_keys=True).encode()
         )
-        self.last_fingerprint = fingerprint
-        self._write_state()
+        self._write_state_with(fingerprint)
         return True
+
+    def _write_state_with(self, fingerprint: str) -> None:
+        """Persist the new fingerprint; in memory only once it is on disk."""
+        before, self.last_fingerprint = self.last_fingerprint, fingerprint
+        try:
+            self._write_state()
+        except OSError:
+            self.last_fingerprint = before
+            raise
 
     def pending(self) -> list[Spooled]:
         """Pending reports, oldest first; unreadable files are quarantined on the way."""
-        out = []
-        for seq, path in self._entries():
-            try:
-                report = json.loads(path.read_text(encoding="utf-8"))
-                if not isinstance(report, dict) or report.get("seq") != seq:
-                    raise ValueError("not a report with the sequence number of its file name")
-            except (OSError, ValueError) as exc:
-                self._quarantine_file(path, f"corrupt spool file: {exc}")
-                continue
-            out.append(Spooled(seq, ".c." in path.name, path, report))
-        return out
+        with _failing_as(self._reports, "cannot read the spooled reports"):
+            out = []
+            for seq, path in self._entries():
+                item = self._read(seq, path)
+                if item is not None:
+                    out.append(item)
+            return out
+
+    def _read(self, seq: int, path: Path) -> Spooled | None:
+        """One spooled report; None (and quarantined) if it is corrupt or unreadable.
+
+        A file that can be neither read nor moved aside raises OSError: the spool itself is
+        failing, and the report stays where it is for the next attempt.
+        """
+        try:
+            report = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(report, dict) or report.get("seq") != seq:
+                raise ValueError("not a report with the sequence number of its file name")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            self._quarantine_file(path, f"corrupt spool file: {exc}")
+            return None
+        return Spooled(seq, ".c." in path.name, path, report)
 
     def count(self) -> int:
-        return sum(1 for p in self._reports.iterdir() if not p.name.startswith("."))
+        with _failing_as(self._reports, "cannot list the spooled reports"):
+            return sum(1 for p in self._reports.iterdir() if not p.name.startswith("."))
 
     def acknowledge(self, item: Spooled) -> None:
-        """The ledger has the report: it leaves the spool."""
-        item.path.unlink(missing_ok=True)
-        _fsync_dir(self._reports)
+        """The ledger has the report: it leaves the spool (SpoolError: it stays, and is sent
+        again later; the ledger then answers `duplicate`)."""
+        with _failing_as(self._reports, "cannot remove a delivered report"):
+            item.path.unlink(missing_ok=True)
+            _fsync_dir(self._reports)
 
     def quarantine(self, item: Spooled, reason: str) -> None:
         """The ledger refused the report for good: keep it aside with the reason, never resend."""
-        self._quarantine_file(item.path, reason)
+        with _failing_as(self._quarantine, "cannot quarantine a rejected report"):
+            self._quarantine_file(item.path, reason)
 
     def quarantined(self) -> list[Path]:
         return sorted(p for p in self._quarantine.iterdir() if not p.name.endswith(".reason"))
 
+    def _quarantine_or_log(self, path: Path, reason: str) -> None:
+        """Quarantine a file found broken while opening the spool; a failure is only logged."""
+        try:
+            self._quarantine_file(path, reason)
+        except OSError as exc:
+            log.error("cannot quarantine %s: %s", path, describe(exc))
+
     def _quarantine_file(self, path: Path, reason: str) -> None:
+        """Move `path` to quarantine/ with a .reason file (OSError if it cannot be moved)."""
         target = self._quarantine / path.name
         n = 1
         while target.exists():
             target = self._quarantine / f"{path.name}.{n}"
             n += 1
-        try:
-            os.replace(path, target)
-            atomic_write(target.with_name(target.name + ".reason"), (reason + "\n").encode())
-        except OSError as exc:
-            log.error("cannot quarantine %s: %s", path, exc)
-            return
+        os.replace(path, target)
         log.error("quarantined %s: %s", path.name, reason)
+        try:
+            atomic_write(target.with_name(target.name + ".reason"), (reason + "\n").encode())
+        except OSError as exc:  # the file is out of the queue; only its note is missing
+            log.error("cannot write the reason for %s: %s", target, describe(exc))

@@ -39,6 +39,7 @@ class AgentSnapshot:
     last_report_success_timestamp_seconds: float | None = None
     report_failures_total: int = 0
     spool_reports: int = 0
+    spool_errors_total: int = 0  # spool steps that failed with an I/O error (ENOSPC, EIO, ...)
 
 
 # Reconciliation finding kinds: the ledger produces them, the exporter always emits each one.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,3 +36,23 @@ def report_schema() -> dict[str, Any]:
 def _unload_fake_library() -> Iterator[None]:
     yield
     install_library(None)  # leave pynvml as it was: no library loaded
+
+
+def break_directory(directory: Path) -> Callable[[], None]:
+    """Put a regular file where `directory` was, a failure root's privileges cannot bypass
+    (ENOTDIR/EEXIST); the function returned puts the directory back, contents intact."""
+    aside = directory.with_name(directory.name + ".aside")
+    directory.rename(aside)
+    directory.write_text("not a directory\n")
+
+    def restore() -> None:
+        directory.unlink()
+        aside.rename(directory)
+
+    return restore
+
+
+def disk_full_at(path: Path) -> None:
+    """Make the next write of `path` through its temp file fail with ENOSPC: the temp file's
+    name is a link to /dev/full, which refuses every write with ENOSPC, even root's."""
+    path.with_name(f".{path.name}.tmp").symlink_to("/dev/full")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +18,9 @@ from gpucap.agent.daemon import Daemon
 from gpucap.agent.ledger_client import LedgerClient
 from gpucap.agent.spool import Spool, seq_floor
 from gpucap.core.catalogue import default_catalogue
+from gpucap.exporters.snapshots import AgentSnapshot
 
-from .conftest import make_backend
+from .conftest import break_directory, make_backend
 
 FLOOR = seq_floor(FakeClock().now())  # the first sequence number a spool opened at that time uses
 
@@ -188,3 +191,80 @@ def test_bad_option_names_the_flag() -> None:
     )
     assert config.ledger == "http://l"
     assert config.interval_seconds == 60
+
+
+def test_spool_failure_is_logged_once_counted_and_recovered(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ledger = Ledger()
+    daemon = _daemon(tmp_path, ledger, scenario="dgx-h100")
+    snapshots: list[AgentSnapshot] = []
+    daemon.publish = snapshots.append
+    restore = break_directory(tmp_path / "spool" / "reports")
+    with caplog.at_level(logging.INFO, logger="gpucap.agent"):
+        for _ in range(3):
+            daemon.collect_once()  # would raise NotADirectoryError out of the daemon before
+        daemon.stats.spool_reports = 1  # as if reports were waiting: the sends fail too
+        for _ in range(2):
+            daemon._retry_at = 0.0
+            daemon.send_once()
+            assert daemon._retry_at > daemon.clock.monotonic()  # backs off, no busy loop
+        failing = [r.getMessage() for r in caplog.records if "spool failing" in r.getMessage()]
+        assert len(failing) == 2  # one line per distinct reason (store, read), not per step
+        assert "cannot store a report: Not a directory (ENOTDIR)" in failing[0]
+        assert "cannot read the spooled reports: Not a directory (ENOTDIR)" in failing[1]
+        assert all(str(tmp_path / "spool" / "reports") in line for line in failing)
+        assert daemon.stats.spool_errors_total == 5
+        assert snapshots[-1].spool_errors_total == 5
+        assert snapshots[-1].nvml_up  # collection went on
+        restore()  # the disk is back
+        daemon.collect_once()
+    assert any("spool working again after 5" in r.getMessage() for r in caplog.records)
+    daemon._retry_at = 0.0
+    daemon.send_once()
+    (report,) = ledger.accepted
+    assert len(report["devices"]) == 8
+    assert daemon.spool.count() == 0
+    assert snapshots[-1].spool_errors_total == 5
+
+
+def test_delivered_report_that_cannot_be_removed_is_resent_as_duplicate(tmp_path: Path) -> None:
+    ledger = Ledger()
+    broken: list[Callable[[], None]] = []
+
+    def ledger_then_disk_fails(request: httpx.Request) -> httpx.Response:
+        answer = ledger.handler(request)
+        if not broken:
+            broken.append(break_directory(tmp_path / "spool" / "reports"))
+        return answer
+
+    config = load_config(
+        {
+            "ledger": "http://ledger.test",
+            "token": "t",
+            "node_id": "n1",
+            "site": "s1",
+            "spool": str(tmp_path / "spool"),
+        },
+        environ={},
+    )
+    clock = FakeClock()
+    transport = httpx.MockTransport(ledger_then_disk_fails)
+    daemon = Daemon(
+        config,
+        backend=make_backend("fake", "l40s-x4"),
+        spool=Spool(config.spool, clock=clock),
+        sender_factory=lambda c: LedgerClient(c.ledger, c.token, transport=transport),
+        catalogue=default_catalogue(),
+        clock=clock,
+    )
+    daemon.collect_once()
+    daemon.send_once()  # accepted, then the report cannot be deleted
+    assert daemon.stats.spool_errors_total == 1
+    assert daemon.stats.last_success_timestamp_seconds is not None
+    broken[0]()
+    daemon._retry_at = 0.0
+    daemon.send_once()
+    assert ledger.calls == 2
+    assert len(ledger.accepted) == 1  # the resend was answered `duplicate`
+    assert daemon.spool.count() == 0

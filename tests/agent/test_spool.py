@@ -11,7 +11,10 @@ import jsonschema
 import pytest
 
 from gpucap.agent.clock import FakeClock
+from gpucap.agent.errors import SpoolError
 from gpucap.agent.spool import MAX_SEQ, Spool, seq_floor
+
+from .conftest import break_directory, disk_full_at
 
 INTERVAL = 60.0  # seconds between collections, the default
 
@@ -97,10 +100,83 @@ def test_seq_stays_within_the_schema_and_the_ledger(report_schema: dict[str, obj
 
 
 def test_reserve_refuses_to_pass_the_maximum(tmp_path: Path) -> None:
-    from gpucap.agent.errors import SpoolError
-
     (tmp_path / "state.json").write_text(json.dumps({"next_seq": MAX_SEQ}))
     spool = Spool(tmp_path, clock=FakeClock())
     assert spool.reserve() == MAX_SEQ
     with pytest.raises(SpoolError, match="exhausted"):
         spool.reserve()
+
+
+def test_full_disk_on_reserve_is_a_spool_error_and_passes(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, clock=FakeClock())
+    first = spool.reserve()
+    disk_full_at(tmp_path / "state.json")
+    with pytest.raises(SpoolError, match=r"state\.json: .*No space left on device \(ENOSPC\)"):
+        spool.reserve()
+    assert not list(tmp_path.glob(".*.tmp"))  # the temp file is gone, state.json untouched
+    assert json.loads((tmp_path / "state.json").read_text())["next_seq"] == first + 1
+    assert spool.reserve() == first + 2  # the failed number is skipped, never reused
+
+
+def test_full_disk_on_put_stores_nothing_and_keeps_the_fingerprint(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, clock=FakeClock())
+    seq = spool.reserve()
+    spool.put(seq, {"seq": seq}, change=True, fingerprint="a")
+    seq = spool.reserve()
+    disk_full_at(tmp_path / "reports" / f"{seq:020d}.c.json")
+    with pytest.raises(SpoolError, match=r"cannot store a report: .*\(ENOSPC\)"):
+        spool.put(seq, {"seq": seq}, change=True, fingerprint="b")
+    assert spool.last_fingerprint == "a"  # so the next collection is a change again
+    assert [p.seq for p in spool.pending()] == [seq - 1]
+    assert not list((tmp_path / "reports").glob(".*"))
+    seq = spool.reserve()
+    assert spool.put(seq, {"seq": seq}, change=True, fingerprint="b")
+    assert [p.seq for p in spool.pending()] == [seq - 2, seq]
+
+
+def test_full_disk_on_the_state_after_the_report_keeps_the_report(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, clock=FakeClock())
+    seq = spool.reserve()
+    disk_full_at(tmp_path / "state.json")
+    with pytest.raises(SpoolError, match="ENOSPC"):
+        spool.put(seq, {"seq": seq}, change=True, fingerprint="a")
+    assert spool.last_fingerprint is None
+    assert [p.seq for p in spool.pending()] == [seq]  # stored whole; it will be sent
+
+
+def test_a_file_where_the_reports_directory_belongs(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, clock=FakeClock())
+    seq = spool.reserve()
+    spool.put(seq, {"seq": seq}, change=True, fingerprint="a")
+    (item,) = spool.pending()
+    restore = break_directory(tmp_path / "reports")
+    nxt = spool.reserve()  # the state file is elsewhere: still fine
+    for call in (
+        lambda: spool.put(nxt, {"seq": nxt}, change=False, fingerprint="b"),
+        spool.pending,
+        spool.count,
+        lambda: spool.acknowledge(item),
+    ):
+        with pytest.raises(SpoolError, match=r"reports: .*\(E[A-Z]+\)"):
+            call()
+    with pytest.raises(SpoolError, match=r"cannot use spool directory"):
+        Spool(tmp_path, clock=FakeClock())
+    restore()
+    assert spool.count() == 1  # nothing lost
+    spool.acknowledge(item)
+    assert spool.count() == 0
+
+
+def test_a_rejected_report_that_cannot_be_quarantined_stays_pending(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, clock=FakeClock())
+    seq = spool.reserve()
+    spool.put(seq, {"seq": seq}, change=True, fingerprint="a")
+    (item,) = spool.pending()
+    restore = break_directory(tmp_path / "quarantine")
+    with pytest.raises(SpoolError, match="cannot quarantine a rejected report"):
+        spool.quarantine(item, "HTTP 422: bad")
+    assert [p.seq for p in spool.pending()] == [seq]
+    restore()
+    spool.quarantine(item, "HTTP 422: bad")
+    assert spool.count() == 0
+    assert [p.name for p in spool.quarantined()] == [item.path.name]
