@@ -6,10 +6,12 @@ reason}]`, AuthError -> its 401/403, UnavailableError -> 503.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import threading
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from typing import Any
 
@@ -68,6 +70,10 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> FastAPI:
     """The application; the store opens (and migrates) and the registry loads at startup."""
     holder: dict[str, Ledger] = {}
     stop = threading.Event()
+    # Reports are written by one thread per process: writes serialise on the writer lock anyway,
+    # and a pool of threads queuing for it (and for the GIL between its SQLite calls) costs
+    # several times the write itself. Reads keep the shared thread pool.
+    writer: dict[str, ThreadPoolExecutor] = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -76,6 +82,7 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> FastAPI:
             store = await run_in_threadpool(Store.open, settings)
             led = Ledger(settings, store)
         holder["ledger"] = led
+        writer["ingest"] = ThreadPoolExecutor(1, thread_name_prefix="gpucap-ledger-writer")
         if settings.registry is not None:
             await run_in_threadpool(led.load_registry_file, settings.registry)
         refresher = threading.Thread(target=_refresh_loop, args=(led, stop), daemon=True)
@@ -86,6 +93,7 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> FastAPI:
         finally:
             stop.set()
             refresher.join(timeout=5)
+            writer.pop("ingest").shutdown(wait=True)
             if ledger is None:
                 led.store.close()
 
@@ -137,7 +145,9 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> FastAPI:
             )
             led.refuse(exc2)
             raise exc2
-        outcome = await run_in_threadpool(led.ingest, report)
+        outcome = await asyncio.get_running_loop().run_in_executor(
+            writer["ingest"], led.ingest, report
+        )
         if outcome.status == "duplicate":
             return JSONResponse({"status": "duplicate"})
         return JSONResponse({"status": "accepted", "seq": outcome.seq})

@@ -30,6 +30,15 @@ def register(subparsers: Any) -> None:
     db_flag(serve)
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default 8470)")
+    serve.add_argument(
+        "--workers", type=int, help="worker processes sharing the port and database (default 1)"
+    )
+    serve.add_argument(
+        "--access-log",
+        action="store_true",
+        default=None,
+        help="log every request (uvicorn access log; default off)",
+    )
     serve.set_defaults(func=_serve)
 
     migrate = sub.add_parser("migrate", help="bring the database schema up to date")
@@ -99,13 +108,25 @@ def _serve(args: argparse.Namespace) -> int:
     from gpucap.ledger.service import Ledger
     from gpucap.ledger.store import Store
 
-    settings = _settings(args, registry=args.registry, host=args.host, port=args.port)
+    settings = _settings(
+        args,
+        registry=args.registry,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        access_log=args.access_log,
+    )
     # Migrate and record the registry before serving, so that a bad file or an unreachable
     # database is one error line and exit 2/3, not a failed startup inside the server.
     store = Store.open(settings)
     ledger = Ledger(settings, store)
     if settings.registry is not None:
         ledger.load_registry_file(settings.registry)
+    options: dict[str, Any] = {"log_level": "info", "access_log": settings.access_log}
+    if settings.workers > 1:
+        from gpucap.ledger import workers
+
+        return workers.serve(settings, ledger, _reload, options)
     app = create_app(replace(settings, registry=None), ledger)
 
     def reload(_signum: int, _frame: Any) -> None:
@@ -115,7 +136,7 @@ def _serve(args: argparse.Namespace) -> int:
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, reload)
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+        uvicorn.run(app, host=settings.host, port=settings.port, **options)
     finally:
         store.close()
     return 0

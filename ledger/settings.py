@@ -30,6 +30,8 @@ class Settings:
     registry: Path | None = None
     host: str = "127.0.0.1"
     port: int = 8470
+    workers: int = 1  # `serve` worker processes on one database
+    access_log: bool = False  # uvicorn's per-request log line (costly at thousands of reports/s)
     secret: str | None = None  # token signing key; None: the key stored in the database
     report_interval_s: float = (
         60.0  # the agents' reporting interval (the agent default, GPUCAP_INTERVAL)
@@ -62,6 +64,7 @@ class Settings:
             values["registry"] = Path(environ["GPUCAP_REGISTRY"])
         numbers: dict[str, tuple[str, type[int] | type[float]]] = {
             "GPUCAP_LEDGER_PORT": ("port", int),
+            "GPUCAP_LEDGER_WORKERS": ("workers", int),
             "GPUCAP_REPORT_INTERVAL_S": ("report_interval_s", float),
             "GPUCAP_STALE_INTERVALS": ("stale_intervals", float),
             "GPUCAP_REVOCATION_TTL_S": ("revocation_ttl_s", float),
@@ -77,8 +80,15 @@ class Settings:
                 if number < 0:
                     raise InputError(var, f"must not be negative, got {raw!r}")
                 values[name] = number
+        if environ.get("GPUCAP_LEDGER_ACCESS_LOG"):
+            flag = environ["GPUCAP_LEDGER_ACCESS_LOG"].strip().lower()
+            if flag not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
+                raise InputError("GPUCAP_LEDGER_ACCESS_LOG", f"expected 1 or 0, got {flag!r}")
+            values["access_log"] = flag in ("1", "true", "yes", "on")
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = replace(base, **values)
+        if settings.workers < 1:
+            raise InputError("--workers", f"must be at least 1, got {settings.workers}")
         if settings.sqlite_synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise InputError("GPUCAP_SQLITE_SYNCHRONOUS", "expected OFF, NORMAL, FULL or EXTRA")
         return settings

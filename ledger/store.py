@@ -9,7 +9,10 @@ processes can never chain two events onto one hash or accept one report twice.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import re
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,6 +46,7 @@ class Store:
     def __init__(self, url: str, sqlite_synchronous: str = "FULL") -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        self._writer = _SqliteWriterQueue(url) if self.is_sqlite else None
         try:
             if self.is_sqlite:
                 self.engine = _sqlite_engine(url, sqlite_synchronous, immediate=True)
@@ -62,6 +66,8 @@ class Store:
         return store
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
         self.engine.dispose()
         if self.read_engine is not self.engine:
             self.read_engine.dispose()
@@ -96,11 +102,19 @@ class Store:
     def write(self) -> Iterator[tuple[Connection, State]]:
         """A write transaction holding the ledger-wide writer lock, with the state it found."""
         try:
-            with self.engine.begin() as conn:
+            with self._queued(), self.engine.begin() as conn:
                 row = _SELECT_STATE[self.is_sqlite].one(conn)
                 yield conn, State(*row)
         except sa.exc.OperationalError as exc:
             raise UnavailableError("db", f"database error: {exc.orig}") from exc
+
+    @contextmanager
+    def _queued(self) -> Iterator[None]:
+        if self._writer is None:
+            yield
+            return
+        with self._writer:
+            yield
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -156,6 +170,55 @@ class HotSql:
         sql = self.named if conn.dialect.name == "sqlite" else self.pyformat
         cur.execute(sql, params or {})
         return cur
+
+
+class _SqliteWriterQueue:
+    """Makes SQLite writers wait their turn in a queue instead of in SQLite's busy handler.
+
+    BEGIN IMMEDIATE is what serialises writers; this only schedules them. SQLite's busy handler
+    polls with sleeps growing to 100 ms, so under load a waiting writer keeps losing the lock to
+    newer ones (seconds of tail latency). A thread lock queues this process's writers and an
+    exclusive `flock` on `<database>-writer.lock` queues the processes (the kernel wakes the next
+    waiter at once). Without a lock file (in-memory database, read-only directory) writers fall
+    back to the busy handler alone.
+    """
+
+    def __init__(self, url: str) -> None:
+        self._lock = threading.Lock()
+        database = sa.engine.make_url(url).database
+        self._path = f"{database}-writer.lock" if database and database != ":memory:" else None
+        self._fd: int | None = None
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        try:
+            fd = self._file()
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def __exit__(self, *_exc: object) -> None:
+        try:
+            if self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._lock.release()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    def _file(self) -> int | None:
+        if self._fd is None and self._path is not None:
+            try:
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError:
+                self._path = None
+        return self._fd
 
 
 def bump(conn: Connection, **changes: Any) -> None:

@@ -142,3 +142,37 @@ def test_decommission_and_rebuild_commands(db_url: str, tmp_path: Path) -> None:
         assert json.dumps(after, sort_keys=True) == json.dumps(before, sort_keys=True)
     assert _events(db_url) == ["registry", "report", "decommission"]
     assert gpucap("ledger", "verify", "--db", db_url).returncode == 0
+
+
+@pytest.mark.slow
+def test_serve_with_workers_accepts_reports_rereads_the_registry_and_stops(
+    db_url: str, tmp_path: Path
+) -> None:
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(REGISTRY, encoding="utf-8")
+    toks = {
+        node: gpucap(
+            "ledger", "token", "--db", db_url, "--node", node, "--site", "acme-ae-1"
+        ).stdout.strip()
+        for node in ("n1", "n2")
+    }
+    env = {"GPUCAP_LEDGER_WORKERS": "2"}
+    with ledger_server_proc(db_url, registry, env) as (url, proc):
+        for seq in (1, 2, 2):  # the repeated seq is a duplicate whichever worker answers it
+            for node, tok in toks.items():
+                r = httpx.post(
+                    f"{url}/v1/reports",
+                    content=json.dumps(report(node, seq=seq)),
+                    headers={"authorization": f"Bearer {tok}"},
+                )
+                assert r.status_code == 200, r.text
+        assert _events(db_url).count("report") == 4
+        registry.write_text(REGISTRY.replace("gov_agreement: true", "gov_agreement: false"))
+        proc.send_signal(signal.SIGHUP)  # the supervisor records it; the workers keep serving
+        deadline = time.monotonic() + 30
+        while _events(db_url).count("registry") < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _events(db_url).count("registry") == 2
+        assert httpx.get(f"{url}/readyz").status_code == 200
+        proc.terminate()
+        assert proc.wait(timeout=20) == 0

@@ -57,6 +57,14 @@ def test_settings_from_env() -> None:
         Settings.from_env({"GPUCAP_STALE_INTERVALS": "soon"})
     with pytest.raises(InputError, match="GPUCAP_SQLITE_SYNCHRONOUS"):
         Settings.from_env({"GPUCAP_SQLITE_SYNCHRONOUS": "maybe"})
+    assert (Settings.from_env({}).workers, Settings.from_env({}).access_log) == (1, False)
+    s = Settings.from_env({"GPUCAP_LEDGER_WORKERS": "3", "GPUCAP_LEDGER_ACCESS_LOG": "1"})
+    assert (s.workers, s.access_log) == (3, True)
+    assert Settings.from_env({"GPUCAP_LEDGER_WORKERS": "3"}, workers=2).workers == 2
+    with pytest.raises(InputError, match="--workers"):
+        Settings.from_env({"GPUCAP_LEDGER_WORKERS": "0"})
+    with pytest.raises(InputError, match="GPUCAP_LEDGER_ACCESS_LOG"):
+        Settings.from_env({"GPUCAP_LEDGER_ACCESS_LOG": "loud"})
 
 
 def _fleet():  # type: ignore[no-untyped-def]
