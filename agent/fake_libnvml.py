@@ -53,8 +53,8 @@ def _handle_out(arg: Any, handle: int) -> None:
     slot.contents.value = handle
 
 
-def _fill(buffer: Any, size: Any, text: str) -> int:
-    data = text.encode()
+def _fill(buffer: Any, size: Any, text: str | bytes) -> int:
+    data = text if isinstance(text, bytes) else text.encode()  # bytes: raw, maybe invalid UTF-8
     if len(data) + 1 > _value(size):
         return walk.INSUFFICIENT_SIZE
     buffer.value = data
@@ -118,7 +118,7 @@ class FakeLibNvml:
     # --- device identity ------------------------------------------------------------------
     def _string(self, handle: Any, buffer: Any, size: Any, field: str, call: str) -> int:
         code, value = self.machine.get(_handle_in(handle), field, call)
-        return code or _fill(buffer, size, str(value))
+        return code or _fill(buffer, size, value if isinstance(value, bytes) else str(value))
 
     def _c_nvmlDeviceGetName(self, handle: Any, buffer: Any, size: Any) -> int:
         return self._string(handle, buffer, size, "name", "nvmlDeviceGetName")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from gpucap.agent.fake_machine import FakeMachine
 from gpucap.agent.model import NodeReading
-from gpucap.agent.walk import BoundedReader, NvmlCallError, NvmlSession, PciIds
+from gpucap.agent.walk import BoundedReader, NvmlCallError, NvmlSession, PciIds, nvml_text
 
 
 class FakeCalls:
@@ -55,17 +55,18 @@ class FakeCalls:
         self._ok("nvmlDeviceGetHandleByIndex_v2", code)
         return value
 
+    # Strings may be raw bytes in a scenario (invalid UTF-8); decoded as the real backend does.
     def name(self, handle: object) -> str:
-        return str(self._get(handle, "name", "nvmlDeviceGetName"))
+        return nvml_text(self._get(handle, "name", "nvmlDeviceGetName"))
 
     def uuid(self, handle: object) -> str:
-        return str(self._get(handle, "uuid", "nvmlDeviceGetUUID"))
+        return nvml_text(self._get(handle, "uuid", "nvmlDeviceGetUUID"))
 
     def serial(self, handle: object) -> str:
-        return str(self._get(handle, "serial", "nvmlDeviceGetSerial"))
+        return nvml_text(self._get(handle, "serial", "nvmlDeviceGetSerial"))
 
     def board_part_number(self, handle: object) -> str:
-        return str(self._get(handle, "board_part_number", "nvmlDeviceGetBoardPartNumber"))
+        return nvml_text(self._get(handle, "board_part_number", "nvmlDeviceGetBoardPartNumber"))
 
     def pci_info(self, handle: object) -> PciIds:
         value = self._get(handle, "pci", "nvmlDeviceGetPciInfo_v3")

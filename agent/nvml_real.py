@@ -22,6 +22,7 @@ from gpucap.agent.walk import (
     NvmlCallError,
     NvmlSession,
     PciIds,
+    nvml_text,
 )
 
 _install_lock = threading.Lock()
@@ -50,7 +51,7 @@ def install_library(library: object | None) -> None:
 
 
 def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return nvml_text(value)
 
 
 class PynvmlCalls:
@@ -66,6 +67,9 @@ class PynvmlCalls:
             return fn(*args)
         except pynvml.NVMLError as exc:
             raise NvmlCallError(name, int(exc.value)) from exc
+        except UnicodeDecodeError as exc:
+            # pynvml decodes returned strings strictly; the error carries the raw bytes.
+            return nvml_text(exc.object)
 
     def init(self) -> None:
         if self._library is not None:

@@ -9,6 +9,9 @@ ids and NVML names, plus a timeline of events counted in collections (NVML devic
     - {after_collections: 4, plug: {index: 3, device: {...}}}
     - {after_collections: 2, driver_reload: {failed_inits: 2, driver_version: "550.90.07"}}
     - {after_collections: 1, hang: {call: nvmlDeviceGetMemoryInfo, index: 1, seconds: 3}}
+
+`serial` and `board_part_number` may be `!!binary` (base64): the raw bytes NVML returns,
+for a board whose EEPROM holds invalid UTF-8.
 """
 
 from __future__ import annotations
@@ -65,8 +68,8 @@ class FakeDevice:
     pci_vendor_id: int
     pci_device_id: int
     pci_subsystem_id: int
-    serial: str | None
-    board_part_number: str | None
+    serial: str | bytes | None  # bytes: raw, possibly invalid UTF-8 (`!!binary` in YAML)
+    board_part_number: str | bytes | None
     architecture: int | None
     memory_total_bytes: int | None
     mig_mode: int | None  # None: MIG not supported; 0 disabled; 1 enabled
@@ -180,6 +183,19 @@ def _optional_text(raw: dict[str, Any], key: str, path: str) -> str | None:
     return value
 
 
+def _optional_raw_text(raw: dict[str, Any], key: str, path: str) -> str | bytes | None:
+    """A string field NVML returns as bytes: text, or `!!binary` for bytes that are not UTF-8."""
+    value = raw.get(key)
+    if isinstance(value, bytes):
+        return value
+    try:
+        return _optional_text(raw, key, path)
+    except ScenarioError:
+        raise ScenarioError(
+            f"{path}.{key}", f"expected a string, !!binary or null, got {value!r}"
+        ) from None
+
+
 def _int(raw: dict[str, Any], key: str, path: str, default: int | None = None) -> int:
     value = raw.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -241,8 +257,8 @@ def _device(value: Any, path: str) -> FakeDevice:
         pci_vendor_id=_hex(pci, "vendor_id", f"{path}.pci"),
         pci_device_id=_hex(pci, "device_id", f"{path}.pci"),
         pci_subsystem_id=_hex(pci, "subsystem_id", f"{path}.pci"),
-        serial=_optional_text(raw, "serial", path),
-        board_part_number=_optional_text(raw, "board_part_number", path),
+        serial=_optional_raw_text(raw, "serial", path),
+        board_part_number=_optional_raw_text(raw, "board_part_number", path),
         architecture=None if arch is None else ARCHITECTURE_CODES[arch],
         memory_total_bytes=memory,
         mig_mode=None if mig_mode is None else int(mig_mode == "enabled"),

@@ -11,6 +11,10 @@ classifies every failure in one place:
     LIBRARY_NOT_FOUND                                          -> NVML down: degraded, re-init later
     NOT_FOUND, INVALID_ARGUMENT on a MIG slot                  -> an empty (sparse) slot
     anything else on a device                                  -> that device is `error`
+
+NVML strings are decoded as UTF-8 with U+FFFD for invalid bytes (`nvml_text`): a garbled
+serial is reported garbled, not fatal. Any other exception in a collection (a bug, a binding
+surprise) makes that one collection a degraded reading naming it; the daemon keeps running.
 """
 
 from __future__ import annotations
@@ -91,6 +95,13 @@ T = TypeVar("T")
 
 def error_name(code: int) -> str:
     return "NVML_ERROR_" + ERROR_NAMES.get(code, f"CODE_{code}")
+
+
+def nvml_text(value: object) -> str:
+    """An NVML string as text; invalid UTF-8 (a garbled serial) becomes U+FFFD, never an error."""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", errors="replace")
+    return str(value)
 
 
 class NvmlCallError(Exception):
@@ -180,13 +191,15 @@ class NvmlSession:
         """Run one NVML call; a lifecycle error anywhere means NVML is down."""
         self.current_call = call
         try:
-            return fn()
+            result = fn()
         except NvmlCallError as exc:
+            self.current_call = ""
             if exc.code in _LIFECYCLE:
                 raise _NvmlDownError(f"{call}: {error_name(exc.code)}") from exc
             raise
-        finally:
-            self.current_call = ""
+        # Any other exception leaves `current_call` set, so the reader can name the call.
+        self.current_call = ""
+        return result
 
     def _field(self, call: str, fn: Callable[[], T]) -> T | None:
         """A per-device field: absent when unsupported; a lost GPU fails the whole device."""
@@ -361,7 +374,7 @@ class BoundedReader:
             self._session.close()
         box: list[NodeReading] = []
         worker = threading.Thread(
-            target=lambda: box.append(self._session.read()), name="gpucap-nvml", daemon=True
+            target=lambda: box.append(self._collect()), name="gpucap-nvml", daemon=True
         )
         worker.start()
         worker.join(self._timeout_seconds)
@@ -372,6 +385,18 @@ class BoundedReader:
             log.error("NVML call hung, agent degraded: %s", reason)
             return NodeReading(nvml_up=False, reason=reason)
         return box[0]
+
+    def _collect(self) -> NodeReading:
+        """The worker's body: one collection, never an exception (the thread must answer)."""
+        try:
+            return self._session.read()
+        except Exception as exc:
+            call = self._session.current_call or "NVML collection"
+            self._session.current_call = ""
+            log.debug("unexpected error in %s", call, exc_info=True)
+            return NodeReading(
+                nvml_up=False, reason=f"{call}: unexpected {type(exc).__name__}: {exc}"
+            )
 
     def close(self) -> None:
         if self._hung is None:

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import time
+from datetime import UTC, datetime
 from fractions import Fraction
+from typing import Any
 
+import jsonschema
 import pytest
 
+from gpucap.agent.fake_libnvml import FakeLibNvml
+from gpucap.agent.fake_machine import FakeMachine
 from gpucap.agent.inventory import FLAG_UNKNOWN_MODEL, build_inventory
 from gpucap.agent.model import NodeReading
-from gpucap.agent.scenario import shipped_scenarios
+from gpucap.agent.nvml_fake import FakeCalls
+from gpucap.agent.nvml_real import PynvmlCalls
+from gpucap.agent.report import build_report
+from gpucap.agent.scenario import load_scenario, shipped_scenarios
+from gpucap.agent.walk import BoundedReader, NvmlCalls, NvmlSession
 from gpucap.core.catalogue import default_catalogue
 
 from .conftest import FIXTURES, make_backend
@@ -30,6 +40,7 @@ REQUIRED = {
     "no-driver",
     "driver-reload",
     "nvml-hang",
+    "garbled-serial",
 }
 
 
@@ -190,3 +201,67 @@ def test_recorded_real_h100_replays(kind: str) -> None:
     assert device.h100e == Fraction(1)
     assert device.reading.board_part_number == "965-2G520-0100-001"
     assert reading.driver_version == "580.159.04"
+
+
+GARBLED = "16549\ufffd\ufffd2001234"  # the bytes 0xff 0xfe are not UTF-8
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_garbled_serial_is_reported_with_replacement_characters(
+    kind: str, report_schema: dict[str, Any]
+) -> None:
+    (reading,) = _run(kind, "garbled-serial", 1)
+    assert reading.nvml_up, reading.reason
+    assert [d.serial for d in reading.devices] == ["1654922001233", GARBLED]
+    assert [d.state for d in reading.devices] == ["ok", "ok"]
+    report = build_report(
+        build_inventory(reading, default_catalogue()),
+        node_id="n1",
+        site_id="s1",
+        seq=1,
+        collected_at=datetime(2026, 1, 1, tzinfo=UTC),
+        agent_version="0",
+    )
+    jsonschema.validate(json.loads(json.dumps(report)), report_schema)
+
+
+class _FakeCallsFailingOnce(FakeCalls):
+    """A binding surprise: the first serial read raises something that is not an NVML error."""
+
+    failed = False
+
+    def serial(self, handle: object) -> str:
+        if not self.failed:
+            self.failed = True
+            raise ValueError("boom")
+        return super().serial(handle)
+
+
+class _PynvmlCallsFailingOnce(PynvmlCalls):
+    failed = False
+
+    def serial(self, handle: object) -> str:
+        if not self.failed:
+            self.failed = True
+            raise ValueError("boom")
+        return super().serial(handle)
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_unexpected_exception_degrades_one_collection_only(kind: str) -> None:
+    machine = FakeMachine(load_scenario("dgx-h100"))
+    calls: NvmlCalls = (
+        _FakeCallsFailingOnce(machine)
+        if kind == "fake"
+        else _PynvmlCallsFailingOnce(FakeLibNvml(machine))
+    )
+    reader = BoundedReader(NvmlSession(calls), 5.0)
+    try:
+        failed = reader.read()  # raised IndexError (an empty result box) before
+        assert not failed.nvml_up
+        assert failed.reason == "nvmlDeviceGetSerial: unexpected ValueError: boom"
+        again = reader.read()
+        assert again.nvml_up
+        assert len(again.devices) == 8
+    finally:
+        reader.close()
