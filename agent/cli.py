@@ -61,9 +61,10 @@ def _inventory(args: argparse.Namespace) -> int:
     from gpucap.core.catalogue import default_catalogue
 
     reading = _read_once(args.fake, args.nvml_timeout)
-    inventory = build_inventory(reading, default_catalogue())
+    hostname = socket.gethostname()
+    inventory = build_inventory(reading, default_catalogue(), node_id=hostname)
     node = {
-        "hostname": socket.gethostname(),
+        "hostname": hostname,
         "source": f"fake:{args.fake}" if args.fake else "nvml",
     }
     doc = inventory_json(inventory, node)

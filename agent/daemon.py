@@ -195,6 +195,7 @@ class Daemon:
             inventory = build_inventory(
                 NodeReading(True, reading.driver_version, reading.cuda_driver_version, devices),
                 self.catalogue,
+                node_id=self.config.node_id,
             )
             self._inventory = inventory
             try:

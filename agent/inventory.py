@@ -4,10 +4,12 @@ Capacity is counted once, on the physical GPU: MIG slices are listed under their
 carry no TPP of their own. An accelerator the catalogue does not know keeps `model: None`, is
 flagged `unknown_model` and is never dropped. A device seen earlier in the agent's life that
 has vanished from enumeration stays listed as `missing` until another device takes its PCI slot.
+A GPU lost before its UUID could be read is reported under `placeholder_uuid`, unique per node.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any
@@ -24,6 +26,23 @@ from gpucap.core.catalogue import Catalogue
 
 FLAG_UNKNOWN_MODEL = "unknown_model"
 FLAG_IDENTITY_UNKNOWN = "identity_unknown"  # lost before its UUID could be read
+MAX_UUID_CHARS = 128  # the ledger refuses a longer device uuid
+
+
+def placeholder_uuid(node_id: str | None, index: int) -> str:
+    """The UUID of a GPU lost before NVML gave its UUID: `GPU-unknown-<node>-index-<n>`.
+
+    The node id keeps it from colliding with another node's placeholder (the ledger flags a
+    UUID reported by two nodes). A node id too long for MAX_UUID_CHARS is cut to 40 characters
+    plus 16 hex digits of its SHA-256. No node id (a local listing) gives `GPU-unknown-index-<n>`.
+    """
+    if node_id is None:
+        return f"GPU-unknown-index-{index}"
+    uuid = f"GPU-unknown-{node_id}-index-{index}"
+    if len(uuid) <= MAX_UUID_CHARS:
+        return uuid
+    digest = hashlib.sha256(node_id.encode()).hexdigest()[:16]
+    return f"GPU-unknown-{node_id[:40]}-{digest}-index-{index}"
 
 
 @dataclass(frozen=True)
@@ -36,10 +55,11 @@ class InventoryDevice:
     h100e: Fraction | None
     eccn: str | None
     flags: tuple[str, ...] = ()
+    node_id: str | None = None  # names the placeholder UUID of a GPU whose UUID was never read
 
     @property
     def uuid(self) -> str:
-        return self.reading.uuid or f"GPU-unknown-index-{self.reading.index}"
+        return self.reading.uuid or placeholder_uuid(self.node_id, self.reading.index)
 
     @property
     def state(self) -> str:
@@ -65,7 +85,9 @@ class Inventory:
     totals: Totals
 
 
-def identify(reading: DeviceReading, catalogue: Catalogue) -> InventoryDevice:
+def identify(
+    reading: DeviceReading, catalogue: Catalogue, node_id: str | None = None
+) -> InventoryDevice:
     """Match one device to the catalogue: PCI device id first, then NVML name."""
     if reading.pci_vendor_id is None:
         acc = catalogue.match(reading.pci_device_id, reading.name)
@@ -75,9 +97,9 @@ def identify(reading: DeviceReading, catalogue: Catalogue) -> InventoryDevice:
     if reading.uuid is None:
         flags += (FLAG_IDENTITY_UNKNOWN,)
     if acc is None:
-        return InventoryDevice(reading, None, None, None, None, flags)
+        return InventoryDevice(reading, None, None, None, None, flags, node_id)
     return InventoryDevice(
-        reading, acc.id, acc.tpp, catalogue.h100e(acc.tpp), acc.eccn_class, flags
+        reading, acc.id, acc.tpp, catalogue.h100e(acc.tpp), acc.eccn_class, flags, node_id
     )
 
 
@@ -110,9 +132,14 @@ def reconcile(
     return tuple(filled)
 
 
-def build_inventory(reading: NodeReading, catalogue: Catalogue) -> Inventory:
-    """Identify every device and add up the node's counted capacity."""
-    devices = tuple(identify(d, catalogue) for d in reading.devices)
+def build_inventory(
+    reading: NodeReading, catalogue: Catalogue, *, node_id: str | None = None
+) -> Inventory:
+    """Identify every device and add up the node's counted capacity.
+
+    `node_id` goes into placeholder UUIDs; anything reported to the ledger must pass it.
+    """
+    devices = tuple(identify(d, catalogue, node_id) for d in reading.devices)
     counted = [d for d in devices if d.tpp is not None and d.state != STATE_MISSING]
     totals = Totals(
         tpp=sum(d.tpp or 0 for d in counted),

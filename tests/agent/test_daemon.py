@@ -268,3 +268,15 @@ def test_delivered_report_that_cannot_be_removed_is_resent_as_duplicate(tmp_path
     assert ledger.calls == 2
     assert len(ledger.accepted) == 1  # the resend was answered `duplicate`
     assert daemon.spool.count() == 0
+
+
+def test_daemon_names_a_never_read_lost_gpu_after_its_node(tmp_path: Path) -> None:
+    from .test_inventory import _lost_from_the_start
+
+    ledger = Ledger()
+    daemon = _daemon(tmp_path, ledger, scenario=_lost_from_the_start(tmp_path))
+    daemon.collect_once()
+    daemon.send_once()
+    (report,) = ledger.accepted
+    lost = [d["uuid"] for d in report["devices"] if d["state"] == "lost"]
+    assert lost == ["GPU-unknown-n1-index-3"]
