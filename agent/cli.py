@@ -5,13 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpucap.agent.config import OPTIONS
+
+if TYPE_CHECKING:
+    from gpucap.agent.clock import SystemClock
+    from gpucap.agent.config import AgentConfig
+    from gpucap.agent.spool import Spool
 
 
 def register(subparsers: Any) -> None:
@@ -137,14 +143,9 @@ def _record(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from gpucap.agent.backend import open_backend
     from gpucap.agent.clock import SystemClock
-    from gpucap.agent.config import AgentConfig, load_config
-    from gpucap.agent.daemon import Daemon
-    from gpucap.agent.ledger_client import LedgerClient
-    from gpucap.agent.metrics import MetricsBox, start_metrics
-    from gpucap.agent.spool import Spool
-    from gpucap.core.catalogue import default_catalogue
+    from gpucap.agent.config import load_config
+    from gpucap.agent.spool import Spool, lock_spool
 
     flags = {name: getattr(args, name) for name, *_ in OPTIONS}
     config = load_config(flags, config_file=args.config_file)
@@ -153,8 +154,30 @@ def _run(args: argparse.Namespace) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    clock = SystemClock()
-    spool = Spool(config.spool, config.spool_max_reports, clock=clock)
+    lock = lock_spool(config.spool)  # SpoolError, exit 3, if another agent uses this spool
+    try:
+        clock = SystemClock()
+        spool = Spool(config.spool, config.spool_max_reports, clock=clock)
+        return _serve(args, flags, config, spool, clock)
+    finally:
+        os.close(lock)
+
+
+def _serve(
+    args: argparse.Namespace,
+    flags: dict[str, str | None],
+    config: AgentConfig,
+    spool: Spool,
+    clock: SystemClock,
+) -> int:
+    """Run the daemon (and the metrics server) until SIGTERM; the spool is already locked."""
+    from gpucap.agent.backend import open_backend
+    from gpucap.agent.config import load_config
+    from gpucap.agent.daemon import Daemon
+    from gpucap.agent.ledger_client import LedgerClient
+    from gpucap.agent.metrics import MetricsBox, start_metrics
+    from gpucap.core.catalogue import default_catalogue
+
     backend = open_backend(config.fake, timeout_seconds=config.nvml_timeout_seconds)
 
     def sender(cfg: AgentConfig) -> LedgerClient:

@@ -1,6 +1,7 @@
 """The durable on-disk spool: every report is on disk before it is sent, until acknowledged.
 
 Layout under the spool directory:
+    .lock                          flock'ed by the one agent using the spool (holds its pid)
     state.json                     {"next_seq": N, "last_fingerprint": "..."}
     reports/<seq>.<c|h>.json       a pending report; c carries a change, h is a heartbeat
     quarantine/<name>              reports the ledger rejected (4xx) and unreadable files,
@@ -24,6 +25,7 @@ one per report since, and the agent makes far fewer than one report per millisec
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -103,6 +105,36 @@ def _failing_as(path: Path, action: str) -> Iterator[None]:
         yield
     except OSError as exc:
         raise SpoolError(str(path), f"{action}: {describe(exc)}") from exc
+
+
+def lock_spool(directory: Path) -> int:
+    """Take the spool for this process: an exclusive flock on `<directory>/.lock`, held until
+    the returned descriptor is closed (the kernel drops it when the process dies, even kill -9).
+
+    SpoolError naming the directory if another agent holds it: two agents on one spool would
+    hand out the same sequence numbers and delete each other's reports.
+    """
+    path = directory / ".lock"
+    with _failing_as(directory, "cannot use spool directory"):
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.read(fd, 32).decode("ascii", errors="replace").strip()
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            by = f" (pid {holder})" if holder.isdigit() else ""
+            raise SpoolError(
+                str(directory), f"spool directory in use by another gpucap agent{by}"
+            ) from exc
+        raise SpoolError(str(path), f"cannot lock the spool: {describe(exc)}") from exc
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError as exc:  # the lock is what matters; the pid is only for the message
+        log.warning("cannot write the pid into %s: %s", path, describe(exc))
+    return fd
 
 
 class Spool:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,7 +15,7 @@ import pytest
 
 from gpucap.agent.clock import FakeClock
 from gpucap.agent.errors import SpoolError
-from gpucap.agent.spool import MAX_SEQ, Spool, seq_floor
+from gpucap.agent.spool import MAX_SEQ, Spool, lock_spool, seq_floor
 
 from .conftest import break_directory, disk_full_at
 
@@ -180,3 +183,66 @@ def test_a_rejected_report_that_cannot_be_quarantined_stays_pending(tmp_path: Pa
     spool.quarantine(item, "HTTP 422: bad")
     assert spool.count() == 0
     assert [p.name for p in spool.quarantined()] == [item.path.name]
+
+
+def test_one_agent_per_spool_directory(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    held = lock_spool(spool)
+    try:
+        assert (spool / ".lock").read_text() == f"{os.getpid()}\n"
+        # flock locks belong to the open file, so a second open in this process is refused too.
+        with pytest.raises(SpoolError) as refused:
+            lock_spool(spool)
+        assert str(refused.value) == (
+            f"{spool}: spool directory in use by another gpucap agent (pid {os.getpid()})"
+        )
+    finally:
+        os.close(held)
+    os.close(lock_spool(spool))  # free again once the holder is gone
+
+
+def test_lock_on_an_unusable_spool_is_a_spool_error(tmp_path: Path) -> None:
+    (tmp_path / "spool").write_text("a file where the directory belongs\n")
+    with pytest.raises(SpoolError, match="cannot use spool directory"):
+        lock_spool(tmp_path / "spool")
+
+
+def test_second_agent_on_the_same_spool_exits_3_naming_the_directory(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    held = lock_spool(spool)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUCAP_")}
+    try:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gpucap",
+                "agent",
+                "run",
+                "--ledger",
+                "http://127.0.0.1:9",
+                "--token",
+                "t",
+                "--node-id",
+                "n1",
+                "--site",
+                "s1",
+                "--spool",
+                str(spool),
+                "--fake",
+                "dgx-h100",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(held)
+    assert result.returncode == 3
+    assert result.stderr.splitlines() == [
+        f"gpucap: error: {spool}: spool directory in use by another gpucap agent "
+        f"(pid {os.getpid()})"
+    ]
+    assert not (spool / "state.json").exists()  # the running agent's spool was not touched
