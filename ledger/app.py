@@ -182,7 +182,7 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> FastAPI:
 
         with led.store.read() as conn:
             fleet = led.registry(conn)
-            index = FleetIndex.of(fleet)
+            index = FleetIndex.of(fleet, led.pack(fleet.ruleset).tiers.resolve)
             if site is not None:
                 _visible(led, parse_request_scope(f"site:{site}", index), principal, index)
             return inventory_view(conn, fleet, site, principal.entity)

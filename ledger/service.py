@@ -197,8 +197,9 @@ class Ledger:
             lines = observed_lines(_observed_rows(conn), self._lines)
         self._lines = lines
         fleet = with_observed(registry, lines.values())
-        ev = evaluate(fleet, self.pack(fleet.ruleset), as_of)
-        view = View(ev, fleet, FleetIndex.of(fleet), evaluation_to_dict(ev))
+        pack = self.pack(fleet.ruleset)
+        ev = evaluate(fleet, pack, as_of)
+        view = View(ev, fleet, FleetIndex.of(fleet, pack.tiers.resolve), evaluation_to_dict(ev))
         with self._lock:
             # Versions only grow: an older version's views can never be asked for again, and
             # dropping them at once keeps the heap (and the garbage collector's passes) small.

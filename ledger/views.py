@@ -3,6 +3,8 @@
 Scopes are the engine's strings: `country:XX`, `entity:E`, `entity:E/country:XX`,
 `consignee:E/year:Y`; a request may also name `site:S`. An operator limited to entity E sees the
 checks whose entity parts all name E, and the country checks of the countries where E has sites.
+The engine names a territory's checks by the country the rule pack treats it as (a site in HK
+has `country:CN` checks), so every country here is compared after that resolution.
 """
 
 from __future__ import annotations
@@ -76,23 +78,32 @@ def scope_parts(scope: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class FleetIndex:
-    """Look-ups over a fleet's registry, built once per cached evaluation (10,000s of sites)."""
+    """Look-ups over a fleet's registry, built once per cached evaluation (10,000s of sites).
+
+    `countries` maps every code a site names, and every code those are treated as, to the
+    country the engine's checks use (HK -> CN, CN -> CN); `site_country` is a site's resolved
+    country; `entity_countries` holds both the raw and the resolved codes of an entity's sites.
+    """
 
     sites: Mapping[str, Site]
+    site_country: Mapping[str, str]
     entity_countries: Mapping[str, frozenset[str]]
     entities: frozenset[str]
-    countries: frozenset[str]
+    countries: Mapping[str, str]
 
     @classmethod
-    def of(cls, fleet: Fleet) -> FleetIndex:
+    def of(cls, fleet: Fleet, resolve: Callable[[str], str]) -> FleetIndex:
+        """`resolve` is the rule pack's `tiers.resolve` (territory -> the country it counts as)."""
+        resolved = {c: resolve(c) for c in {s.country for s in fleet.sites}}
         by_entity: dict[str, set[str]] = {}
         for s in fleet.sites:
-            by_entity.setdefault(s.entity, set()).add(s.country)
+            by_entity.setdefault(s.entity, set()).update((s.country, resolved[s.country]))
         return cls(
             sites={s.id: s for s in fleet.sites},
+            site_country={s.id: resolved[s.country] for s in fleet.sites},
             entity_countries={e: frozenset(c) for e, c in by_entity.items()},
             entities=frozenset(e.id for e in fleet.entities),
-            countries=frozenset(s.country for s in fleet.sites),
+            countries={**{c: c for c in resolved.values()}, **resolved},
         )
 
 
@@ -113,18 +124,29 @@ def can_see(scope: str, entity: str | None, index: FleetIndex) -> bool:
 
 
 def parse_request_scope(scope: str, index: FleetIndex) -> tuple[str, str]:
-    """Validate a requested scope; RejectedError (422) when it names nothing in the registry."""
+    """Validate a requested scope; RejectedError (422) when it names nothing in the registry.
+
+    A country is answered as the country the rule pack treats it as: `country:HK` is
+    `country:CN`, whose checks bind a site in HK.
+    """
     kind, sep, value = scope.partition(":")
     if not sep or kind not in ("country", "entity", "site") or not value:
         raise RejectedError("scope", "expected country:XX, entity:E or site:S")
-    known = {"country": index.countries, "entity": index.entities, "site": index.sites}[kind]
+    if kind == "country":
+        if value not in index.countries:
+            raise RejectedError("scope", f"no site in country {value!r} in the registry")
+        return kind, index.countries[value]
+    known = index.entities if kind == "entity" else index.sites
     if value not in known:
         raise RejectedError("scope", f"no {kind} {value!r} in the registry")
     return kind, value
 
 
 def matches(scope: str, requested: tuple[str, str], index: FleetIndex) -> bool:
-    """Whether a check belongs to a requested scope (a site: its entity's and country's checks)."""
+    """Whether a check belongs to a requested scope (a site: its entity's and country's checks).
+
+    A requested country is a resolved one (see `parse_request_scope`).
+    """
     kind, value = requested
     parts = scope_parts(scope)
     if kind == "country":
@@ -132,12 +154,11 @@ def matches(scope: str, requested: tuple[str, str], index: FleetIndex) -> bool:
     if kind == "entity":
         return any(parts.get(k) == value for k in _ENTITY_KINDS)
     site = index.sites[value]
+    country = index.site_country[value]
     owners = [parts[k] for k in _ENTITY_KINDS if k in parts]
     if owners:
-        return all(o == site.entity for o in owners) and parts.get("country", site.country) == (
-            site.country
-        )
-    return parts.get("country") == site.country
+        return all(o == site.entity for o in owners) and parts.get("country", country) == country
+    return parts.get("country") == country
 
 
 def require_visible(requested: tuple[str, str], entity: str | None, index: FleetIndex) -> None:
@@ -179,7 +200,9 @@ def filtered(
         if requested is None:
             return True
         kind, value = requested
-        field = {"country": "country", "entity": "entity", "site": "id"}[kind]
+        if kind == "country":  # `value` is resolved; a site names its own code
+            return index.site_country.get(str(site["id"])) == value
+        field = {"entity": "entity", "site": "id"}[kind]
         return bool(site[field] == value)
 
     if entity is None and requested is None:
@@ -250,20 +273,23 @@ def whatif_answer(
 ) -> dict[str, Any]:
     """`allowed`: no check (visible or not) breaches after the change where it got worse.
 
-    `binding`: the visible check the change moved with the least headroom left (None if none).
+    `binding`: when not allowed, the visible check that blocks with the least headroom left;
+    otherwise the visible check the change moved with the least headroom left (None if none).
     """
     old = {(c.rule, c.scope): c for c in before.checks}
-    moved = []
-    allowed = True
+    moved, blocking = [], []
     for c in after.checks:
         prior = old.get((c.rule, c.scope))
         if prior is not None and prior.headroom_tpp == c.headroom_tpp:
             continue
-        if c.status == "breach" and (prior is None or c.headroom_tpp < prior.headroom_tpp):
-            allowed = False
+        blocks = c.status == "breach" and (prior is None or c.headroom_tpp < prior.headroom_tpp)
+        if blocks:
+            blocking.append(c)
         if visible(c):
             moved.append(c)
-    binding = min(moved, key=lambda c: c.headroom_tpp, default=None)
+    allowed = not blocking
+    shown = [c for c in blocking if visible(c)] if blocking else moved
+    binding = min(shown, key=lambda c: c.headroom_tpp, default=None)
     return {
         "allowed": allowed,
         "binding": None

@@ -36,6 +36,19 @@ inventory:
 """
 
 
+# A territory the rule pack treats as another country: checks for a site in HK are `country:CN`.
+HK_REGISTRY = """\
+ruleset: us-bis-ai-diffusion-2025
+entities:
+  - {id: acme, headquarters: US, status: uveu}
+  - {id: harbour, headquarters: SG, status: none}
+sites:
+  - {id: acme-us-1, entity: acme, country: US}
+  - {id: harbour-hk-1, entity: harbour, country: HK}
+  - {id: harbour-sg-1, entity: harbour, country: SG}
+"""
+
+
 class Clock:
     """A settable UTC clock for Settings(clock=...)."""
 

@@ -217,3 +217,42 @@ def test_a_site_removed_by_another_process_is_refused_at_once(
     with pytest.raises(RejectedError, match="no site 'nimbus-ae-1'"):
         ledger.ingest(rep(node="n2", site="nimbus-ae-1", seq=1))
     assert ledger.ingest(rep(seq=2)).status == "accepted"
+
+
+def test_an_entity_operator_sees_the_checks_of_its_sites_in_a_territory(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    """A site in HK is bound by `country:CN` checks (the rule pack treats HK as CN)."""
+    from gpucap.ledger.app import _whatif, headroom_answer
+    from gpucap.ledger.models import WhatIf
+    from gpucap.ledger.tokens import Principal
+    from tests.ledger.support import HK_REGISTRY
+
+    path = tmp_path / "hk.yaml"
+    path.write_text(HK_REGISTRY, encoding="utf-8")
+    ledger.load_registry_file(path)
+    ledger.ingest(rep(node="hk1", site="harbour-hk-1", n=4))
+    admin = Principal("a", "operator", operator="root")
+    harbour = Principal("h", "operator", operator="ops", entity="harbour")
+    tier3 = ("tier3_prohibition", "country:CN", "breach")
+
+    def checks(principal: Principal, scope: str | None) -> set[tuple[str, str, str]]:
+        doc = headroom_answer(ledger, principal, scope, None)
+        return {(c["rule"], c["scope"], c["status"]) for c in doc["checks"]}
+
+    assert tier3 in checks(admin, None)
+    for scope in (None, "site:harbour-hk-1", "country:HK", "country:CN", "entity:harbour"):
+        if scope == "entity:harbour":
+            assert tier3 not in checks(harbour, scope)  # a country check, not the entity's
+            continue
+        assert tier3 in checks(harbour, scope), scope
+    assert headroom_answer(ledger, harbour, None, None)["verdict"] == "breach"
+    sites = headroom_answer(ledger, harbour, "country:HK", None)["sites"]
+    assert [s["id"] for s in sites] == ["harbour-hk-1"]
+    add = WhatIf.model_validate(
+        {"add": [{"site": "harbour-hk-1", "model": "h100-sxm5-80gb", "count": 1}]}
+    )
+    answer = _whatif(ledger, harbour, add)
+    assert answer["allowed"] is False
+    assert answer["binding"]["rule"] == "tier3_prohibition"
+    assert answer["binding"]["scope"] == "country:CN"

@@ -11,14 +11,22 @@ from hypothesis import strategies as st
 
 from gpucap.core.catalogue import default_catalogue
 from gpucap.core.errors import InputError
+from gpucap.core.ruleset import load_ruleset
 from gpucap.core.scenario import parse_scenario
 from gpucap.ledger.errors import AuthError, RejectedError
 from gpucap.ledger.fold import DeviceFacts, fold_decommission, fold_report
 from gpucap.ledger.models import WhatIf
 from gpucap.ledger.settings import Settings
 from gpucap.ledger.tokens import Principal, sign, verify
-from gpucap.ledger.views import FleetIndex, can_see, matches, require_visible, whatif_fleet
-from tests.ledger.support import REGISTRY
+from gpucap.ledger.views import (
+    FleetIndex,
+    can_see,
+    matches,
+    parse_request_scope,
+    require_visible,
+    whatif_fleet,
+)
+from tests.ledger.support import HK_REGISTRY, REGISTRY
 
 KEY = b"k" * 32
 
@@ -67,14 +75,19 @@ def test_settings_from_env() -> None:
         Settings.from_env({"GPUCAP_LEDGER_ACCESS_LOG": "loud"})
 
 
-def _fleet():  # type: ignore[no-untyped-def]
+def _fleet(text: str = REGISTRY):  # type: ignore[no-untyped-def]
     import yaml
 
-    return parse_scenario(yaml.safe_load(REGISTRY), default_catalogue())
+    return parse_scenario(yaml.safe_load(text), default_catalogue())
+
+
+def _index(text: str = REGISTRY) -> FleetIndex:
+    fleet = _fleet(text)
+    return FleetIndex.of(fleet, load_ruleset(fleet.ruleset).tiers.resolve)
 
 
 def test_visibility_of_scopes_for_an_entity_operator() -> None:
-    index = FleetIndex.of(_fleet())
+    index = _index()
     assert can_see("entity:nimbus/country:AE", "nimbus", index)
     assert can_see("country:AE", "nimbus", index)
     assert not can_see("country:US", "nimbus", index)
@@ -87,13 +100,63 @@ def test_visibility_of_scopes_for_an_entity_operator() -> None:
 
 
 def test_site_scope_is_the_checks_that_bind_a_placement_there() -> None:
-    index = FleetIndex.of(_fleet())
+    index = _index()
     site = ("site", "acme-ae-1")
     assert matches("country:AE", site, index)
     assert matches("entity:acme", site, index)
     assert matches("entity:acme/country:AE", site, index)
     assert not matches("entity:acme/country:US", site, index)
     assert not matches("entity:nimbus/country:AE", site, index)
+
+
+@pytest.mark.parametrize(
+    ("scope", "entity", "visible"),
+    [
+        ("country:CN", "harbour", True),  # the checks of its HK site are China's
+        ("entity:harbour/country:CN", "harbour", True),
+        ("country:SG", "harbour", True),
+        ("country:HK", "harbour", True),  # the raw code is indexed too
+        ("country:CN", "acme", False),
+        ("country:US", "harbour", False),
+        ("country:CN", None, True),
+    ],
+)
+def test_territories_are_visible_as_the_country_they_are_treated_as(
+    scope: str, entity: str | None, visible: bool
+) -> None:
+    assert can_see(scope, entity, _index(HK_REGISTRY)) is visible
+
+
+@pytest.mark.parametrize(
+    ("requested", "resolved"),
+    [("country:HK", ("country", "CN")), ("country:CN", ("country", "CN"))],
+)
+def test_a_territory_scope_means_the_country_it_is_treated_as(
+    requested: str, resolved: tuple[str, str]
+) -> None:
+    index = _index(HK_REGISTRY)
+    assert parse_request_scope(requested, index) == resolved
+    require_visible(resolved, "harbour", index)
+    with pytest.raises(AuthError, match="scope_forbidden"):
+        require_visible(resolved, "acme", index)
+    with pytest.raises(RejectedError, match="scope"):
+        parse_request_scope("country:MO", index)  # no site there
+
+
+@pytest.mark.parametrize(
+    ("scope", "bound"),
+    [
+        ("country:CN", True),
+        ("entity:harbour/country:CN", True),
+        ("entity:harbour", True),
+        ("country:HK", False),  # the engine never names a check by the territory
+        ("country:SG", False),
+        ("entity:harbour/country:SG", False),
+        ("entity:acme", False),
+    ],
+)
+def test_site_scope_in_a_territory_binds_the_resolved_country(scope: str, bound: bool) -> None:
+    assert matches(scope, ("site", "harbour-hk-1"), _index(HK_REGISTRY)) is bound
 
 
 def test_whatif_removal_splits_lines_and_refuses_too_many() -> None:
@@ -148,3 +211,26 @@ def test_unknown_devices_make_no_line() -> None:
     assert len(change.rows) == 1
     assert not change.line_deltas
     assert Fraction(0) == sum(change.line_deltas.values())
+
+
+def test_whatif_binding_is_the_check_that_blocks_not_merely_the_lowest() -> None:
+    from dataclasses import replace as change
+
+    from gpucap.core.engine import Check, Evaluation
+    from gpucap.core.ruleset import Provenance
+    from gpucap.ledger.views import whatif_answer
+
+    prov = Provenance("p", "s", "primary")
+
+    def chk(rule: str, headroom: int) -> Check:
+        status = "breach" if headroom < 0 else "ok"
+        return Check(rule, "cap", f"country:{rule}", status, Fraction(0), Fraction(headroom), prov)
+
+    # A removal eases a deep breach elsewhere (-1000 -> -900) while the addition newly breaches
+    # a cap (10 -> -5): only the second blocks, and it is the binding one.
+    before = (chk("X", -1000), chk("Y", 10))
+    after = (chk("X", -900), chk("Y", -5))
+    ev = Evaluation(None, date(2026, 1, 1), Fraction(1), before, ())  # type: ignore[arg-type]
+    answer = whatif_answer(ev, change(ev, checks=after), lambda c: True, lambda c: {})
+    assert answer["allowed"] is False
+    assert (answer["binding"]["rule"], answer["binding"]["headroom_tpp"]) == ("Y", -5)
