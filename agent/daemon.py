@@ -241,7 +241,7 @@ class Daemon:
     def send_once(self) -> None:
         """Send the oldest pending report; reports go strictly in sequence order."""
         try:
-            self._send_oldest()
+            touched = self._send_oldest()
         except SpoolError as exc:
             self._spool_failed(exc)
             delay = backoff_seconds(
@@ -252,15 +252,16 @@ class Daemon:
             )
             self._retry_at = self.clock.monotonic() + delay
         else:
-            self._spool_ok()
+            if touched:
+                self._spool_ok()
         self._publish()
 
-    def _send_oldest(self) -> None:
-        pending = self.spool.pending()
-        self.stats.spool_reports = len(pending)
-        if not pending:
-            return
-        item = pending[0]
+    def _send_oldest(self) -> bool:
+        """One send; False when the spool had nothing to send (no spool I/O was done)."""
+        item = self.spool.oldest()
+        self.stats.spool_reports = self.spool.count()
+        if item is None:
+            return False
         result = self.sender.send(item.report)
         if result.outcome == ACK:
             self._failures = 0
@@ -289,9 +290,10 @@ class Daemon:
                 result.reason,
                 self._failures,
                 delay,
-                len(pending),
+                self.stats.spool_reports,
             )
         self.stats.spool_reports = self.spool.count()
+        return True
 
     def _spool_failed(self, exc: SpoolError) -> None:
         self.stats.spool_errors_total += 1

@@ -7,6 +7,10 @@ Layout under the spool directory:
     quarantine/<name>              reports the ledger rejected (4xx) and unreadable files,
                                    each with a <name>.reason beside it
 
+The spool keeps an index of its pending reports in memory, read from the directory once at
+start (the lock on `.lock` makes this process its only writer), so a send reads one file, the
+oldest, and a collection writes one: draining N reports costs O(N), not O(N^2).
+
 Every write is temp file + fsync + rename + fsync of the directory, so a crash (kill -9,
 power loss) leaves either the old or the new file. `reserve()` persists the next sequence
 number before the caller uses one, so a sequence number is never handed out twice, even if
@@ -29,6 +33,8 @@ import fcntl
 import json
 import logging
 import os
+from bisect import insort
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -155,7 +161,13 @@ class Spool:
                 stale.unlink()  # a write interrupted before its rename
             floor = seq_floor((clock or SystemClock()).now())
             state_seq, self.last_fingerprint = self._load_state(floor)
-            highest = max((s for s, _ in self._entries()), default=0)
+            entries = self._entries()
+        # The pending index: seq -> file. `_order` (all pending seqs) and `_heartbeats` are
+        # ascending; a seq that left the index stays in them until it reaches the front.
+        self._files: dict[int, Path] = dict(entries)
+        self._order: deque[int] = deque(seq for seq, _ in entries)
+        self._heartbeats: deque[int] = deque(seq for seq, p in entries if ".h." in p.name)
+        highest = max(self._files, default=0)
         self._next_seq = max(state_seq, highest + 1, floor)
 
     def _load_state(self, floor: int) -> tuple[int, str | None]:
@@ -227,31 +239,43 @@ class Spool:
     def _put(self, seq: int, report: dict[str, Any], *, change: bool, fingerprint: str) -> bool:
         if not self._reports.exists():
             self._reports.mkdir()  # recreated if it was removed
-        entries = self._entries()
-        if len(entries) >= self.max_reports:
-            heartbeats = [p for _, p in entries if ".h." in p.name]
-            if heartbeats:
-                heartbeats[0].unlink()
+        held = len(self._files)
+        if held >= self.max_reports:
+            victim = self._oldest_heartbeat()
+            if victim is not None:
+                path = self._files[victim]
+                path.unlink(missing_ok=True)
+                self._forget(victim)
                 _fsync_dir(self._reports)
-                log.warning(
-                    "spool full (%d reports): dropped oldest heartbeat %s",
-                    len(entries),
-                    heartbeats[0].name,
-                )
+                log.warning("spool full (%d reports): dropped oldest heartbeat %s", held, path.name)
             elif not change:
                 log.warning("spool full of changes: heartbeat %d not stored", seq)
                 self._write_state_with(fingerprint)
                 return False
             else:
-                log.error(
-                    "spool over its bound (%d reports), keeping change report %d", len(entries), seq
-                )
+                log.error("spool over its bound (%d reports), keeping change report %d", held, seq)
         kind = "c" if change else "h"
-        atomic_write(
-            self._reports / f"{seq:020d}.{kind}.json", json.dumps(report, sort_keys=True).encode()
-        )
+        path = self._reports / f"{seq:020d}.{kind}.json"
+        atomic_write(path, json.dumps(report, sort_keys=True).encode())
+        self._remember(seq, path)
         self._write_state_with(fingerprint)
         return True
+
+    def _remember(self, seq: int, path: Path) -> None:
+        self._files[seq] = path
+        for queue in (self._order, self._heartbeats) if ".h." in path.name else (self._order,):
+            if queue and seq < queue[-1]:
+                insort(queue, seq)  # only if put out of reserve order; never in the daemon
+            else:
+                queue.append(seq)
+
+    def _forget(self, seq: int) -> None:
+        self._files.pop(seq, None)
+
+    def _oldest_heartbeat(self) -> int | None:
+        while self._heartbeats and self._heartbeats[0] not in self._files:
+            self._heartbeats.popleft()
+        return self._heartbeats[0] if self._heartbeats else None
 
     def _write_state_with(self, fingerprint: str) -> None:
         """Persist the new fingerprint; in memory only once it is on disk."""
@@ -262,18 +286,34 @@ class Spool:
             self.last_fingerprint = before
             raise
 
+    def oldest(self) -> Spooled | None:
+        """The oldest pending report, reading only its file (corrupt ones are quarantined and
+        the next is tried); None when the spool is empty. What the daemon sends next."""
+        with _failing_as(self._reports, "cannot read the spooled reports"):
+            while self._order:
+                seq = self._order[0]
+                path = self._files.get(seq)
+                if path is None:
+                    self._order.popleft()  # acknowledged, quarantined or dropped earlier
+                    continue
+                item = self._read(seq, path)
+                if item is not None:
+                    return item
+            return None
+
     def pending(self) -> list[Spooled]:
-        """Pending reports, oldest first; unreadable files are quarantined on the way."""
+        """Every pending report, oldest first, read from disk (O(n): for inspection and tests;
+        sending uses `oldest`). Unreadable files are quarantined on the way."""
         with _failing_as(self._reports, "cannot read the spooled reports"):
             out = []
-            for seq, path in self._entries():
-                item = self._read(seq, path)
+            for seq in sorted(self._files):
+                item = self._read(seq, self._files[seq])
                 if item is not None:
                     out.append(item)
             return out
 
     def _read(self, seq: int, path: Path) -> Spooled | None:
-        """One spooled report; None (and quarantined) if it is corrupt or unreadable.
+        """One spooled report; None (it leaves the index, quarantined) if corrupt or unreadable.
 
         A file that can be neither read nor moved aside raises OSError: the spool itself is
         failing, and the report stays where it is for the next attempt.
@@ -283,27 +323,32 @@ class Spool:
             if not isinstance(report, dict) or report.get("seq") != seq:
                 raise ValueError("not a report with the sequence number of its file name")
         except FileNotFoundError:
+            log.warning("spooled report %s vanished from the spool", path.name)
+            self._forget(seq)
             return None
         except (OSError, ValueError) as exc:
             self._quarantine_file(path, f"corrupt spool file: {exc}")
+            self._forget(seq)
             return None
         return Spooled(seq, ".c." in path.name, path, report)
 
     def count(self) -> int:
-        with _failing_as(self._reports, "cannot list the spooled reports"):
-            return sum(1 for p in self._reports.iterdir() if not p.name.startswith("."))
+        """Pending reports (from the index: no I/O)."""
+        return len(self._files)
 
     def acknowledge(self, item: Spooled) -> None:
         """The ledger has the report: it leaves the spool (SpoolError: it stays, and is sent
         again later; the ledger then answers `duplicate`)."""
         with _failing_as(self._reports, "cannot remove a delivered report"):
             item.path.unlink(missing_ok=True)
+            self._forget(item.seq)
             _fsync_dir(self._reports)
 
     def quarantine(self, item: Spooled, reason: str) -> None:
         """The ledger refused the report for good: keep it aside with the reason, never resend."""
         with _failing_as(self._quarantine, "cannot quarantine a rejected report"):
             self._quarantine_file(item.path, reason)
+            self._forget(item.seq)
 
     def quarantined(self) -> list[Path]:
         return sorted(p for p in self._quarantine.iterdir() if not p.name.endswith(".reason"))

@@ -200,11 +200,11 @@ def test_spool_failure_is_logged_once_counted_and_recovered(
     daemon = _daemon(tmp_path, ledger, scenario="dgx-h100")
     snapshots: list[AgentSnapshot] = []
     daemon.publish = snapshots.append
+    daemon.collect_once()  # one report waiting
     restore = break_directory(tmp_path / "spool" / "reports")
     with caplog.at_level(logging.INFO, logger="gpucap.agent"):
         for _ in range(3):
             daemon.collect_once()  # would raise NotADirectoryError out of the daemon before
-        daemon.stats.spool_reports = 1  # as if reports were waiting: the sends fail too
         for _ in range(2):
             daemon._retry_at = 0.0
             daemon.send_once()
@@ -222,8 +222,8 @@ def test_spool_failure_is_logged_once_counted_and_recovered(
     assert any("spool working again after 5" in r.getMessage() for r in caplog.records)
     daemon._retry_at = 0.0
     daemon.send_once()
-    (report,) = ledger.accepted
-    assert len(report["devices"]) == 8
+    daemon.send_once()
+    assert [len(r["devices"]) for r in ledger.accepted] == [8, 8]  # nothing lost
     assert daemon.spool.count() == 0
     assert snapshots[-1].spool_errors_total == 5
 
@@ -280,3 +280,19 @@ def test_daemon_names_a_never_read_lost_gpu_after_its_node(tmp_path: Path) -> No
     (report,) = ledger.accepted
     lost = [d["uuid"] for d in report["devices"] if d["state"] == "lost"]
     assert lost == ["GPU-unknown-n1-index-3"]
+
+
+def test_a_send_reads_only_the_oldest_report(tmp_path: Path) -> None:
+    ledger = Ledger()
+    daemon = _daemon(tmp_path, ledger, scenario="l40s-x4")
+    for _ in range(5):
+        daemon.collect_once()
+    reports = sorted((tmp_path / "spool" / "reports").iterdir())
+    reports[3].write_text("{torn")  # the fourth report is corrupt
+    daemon.send_once()
+    assert [r["seq"] for r in ledger.accepted] == [FLOOR]
+    assert daemon.spool.quarantined() == []  # the fourth file was not even read
+    while daemon.spool.count():
+        daemon.send_once()
+    assert [r["seq"] for r in ledger.accepted] == [FLOOR, FLOOR + 1, FLOOR + 2, FLOOR + 4]
+    assert [p.name for p in daemon.spool.quarantined()] == [reports[3].name]

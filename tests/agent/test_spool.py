@@ -156,12 +156,13 @@ def test_a_file_where_the_reports_directory_belongs(tmp_path: Path) -> None:
     nxt = spool.reserve()  # the state file is elsewhere: still fine
     for call in (
         lambda: spool.put(nxt, {"seq": nxt}, change=False, fingerprint="b"),
+        spool.oldest,
         spool.pending,
-        spool.count,
         lambda: spool.acknowledge(item),
     ):
         with pytest.raises(SpoolError, match=r"reports: .*\(E[A-Z]+\)"):
             call()
+        assert spool.count() == 1  # the report is still pending
     with pytest.raises(SpoolError, match=r"cannot use spool directory"):
         Spool(tmp_path, clock=FakeClock())
     restore()
@@ -246,3 +247,30 @@ def test_second_agent_on_the_same_spool_exits_3_naming_the_directory(tmp_path: P
         f"(pid {os.getpid()})"
     ]
     assert not (spool / "state.json").exists()  # the running agent's spool was not touched
+
+
+def test_oldest_keeps_sequence_order_and_skips_what_left(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spool = Spool(tmp_path, clock=FakeClock())
+    a, b, c = spool.reserve(), spool.reserve(), spool.reserve()
+    for seq in (c, a, b):  # stored out of order: still sent in sequence order
+        spool.put(seq, {"seq": seq}, change=seq != b, fingerprint=str(seq))
+    first = spool.oldest()
+    assert first is not None
+    assert first.seq == a
+    first.path.unlink()  # removed behind the spool's back
+    with caplog.at_level(logging.WARNING, logger="gpucap.agent.spool"):
+        second = spool.oldest()
+    assert second is not None
+    assert (second.seq, second.change) == (b, False)
+    assert "vanished" in caplog.text
+    assert spool.count() == 2
+    spool.acknowledge(second)
+    reopened = Spool(tmp_path, clock=FakeClock())  # the index is rebuilt from the directory
+    third = reopened.oldest()
+    assert third is not None
+    assert third.seq == c
+    reopened.acknowledge(third)
+    assert reopened.oldest() is None
+    assert reopened.count() == 0
