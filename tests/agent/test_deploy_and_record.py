@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -40,7 +41,8 @@ def test_systemd_unit_has_the_promised_keys() -> None:
     assert set(unit) == {"Unit", "Service", "Install"}
     assert service["Restart"] == ["on-failure"]
     assert service["StateDirectory"] == ["gpucap-agent"]
-    assert service["EnvironmentFile"] == ["-/etc/gpucap/agent.env"]
+    assert service["EnvironmentFile"] == ["/etc/gpucap/agent.env"]
+    assert service["RestartPreventExitStatus"] == ["2"]
     assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert service["DynamicUser"] == ["yes"]
     assert service["SupplementaryGroups"] == ["video"]
@@ -49,6 +51,33 @@ def test_systemd_unit_has_the_promised_keys() -> None:
         assert service[key] == ["yes"]
     assert service["ProtectSystem"] == ["strict"]
     assert "RestrictAddressFamilies" in service
+
+
+def test_the_config_file_the_agent_rereads_is_one_systemd_requires() -> None:
+    service = _unit()["Service"]
+    config = [e.split("=", 1)[1] for e in service["Environment"] if e.startswith("GPUCAP_CONFIG=")]
+    for path in config:
+        # An optional EnvironmentFile (leading "-") that is also GPUCAP_CONFIG: a missing file
+        # starts the agent, which then exits 2 on it, and Restart= loops.
+        assert path in service["EnvironmentFile"], f"GPUCAP_CONFIG={path} is not a required file"
+
+
+def test_a_missing_config_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    missing = tmp_path / "agent.env"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUCAP_")}
+    env["GPUCAP_CONFIG"] = str(missing)
+    result = subprocess.run(
+        [sys.executable, "-m", "gpucap", "agent", "run"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2  # which the unit's RestartPreventExitStatus does not restart
+    assert result.stderr.splitlines() == [
+        f"gpucap: error: {missing}: cannot read config file: No such file or directory"
+    ]
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
