@@ -148,12 +148,11 @@ def _run(args: argparse.Namespace) -> int:
     from gpucap.agent.spool import Spool, lock_spool
 
     flags = {name: getattr(args, name) for name, *_ in OPTIONS}
-    config = load_config(flags, config_file=args.config_file)
-    logging.basicConfig(
-        level=config.log_level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    logging.basicConfig(  # before the config is read, so its warnings get the format too
+        stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    config = load_config(flags, config_file=args.config_file)
+    logging.getLogger().setLevel(config.log_level)
     lock = lock_spool(config.spool)  # SpoolError, exit 3, if another agent uses this spool
     try:
         clock = SystemClock()

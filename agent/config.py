@@ -3,11 +3,14 @@
 Precedence, highest first: a flag, then the config file (`--config`/GPUCAP_CONFIG, re-read on
 SIGHUP), then the process environment (e.g. a systemd EnvironmentFile), then the default.
 The config file uses EnvironmentFile syntax (`GPUCAP_LEDGER=https://...`, `#` comments), so one
-file serves both systemd and reloads.
+file serves both systemd and reloads. An unknown GPUCAP_* key in it (a typo) is logged as a
+warning and ignored; other keys are left alone, since systemd hands them to the process as its
+environment (HTTPS_PROXY, SSL_CERT_FILE, ...).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -15,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from gpucap.agent.errors import ConfigError
+
+log = logging.getLogger("gpucap.agent.config")
 
 
 def _positive(text: str) -> float:
@@ -215,6 +220,10 @@ def load_config(
     if config_file is None and env.get(CONFIG_ENV):
         config_file = Path(env[CONFIG_ENV])
     from_file = read_env_file(config_file) if config_file is not None else {}
+    known = {o[2] for o in OPTIONS} | {CONFIG_ENV}
+    for key in from_file:
+        if key.startswith("GPUCAP_") and key not in known:
+            log.warning("config file %s: unknown key %s ignored", config_file, key)
     values: dict[str, Any] = {}
     for name, flag, var, default, parse, _, _ in OPTIONS:
         raw, where = flags.get(name), flag

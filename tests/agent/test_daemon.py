@@ -296,3 +296,20 @@ def test_a_send_reads_only_the_oldest_report(tmp_path: Path) -> None:
         daemon.send_once()
     assert [r["seq"] for r in ledger.accepted] == [FLOOR, FLOOR + 1, FLOOR + 2, FLOOR + 4]
     assert [p.name for p in daemon.spool.quarantined()] == [reports[3].name]
+
+
+def test_unknown_gpucap_key_in_the_config_file_is_a_warning_not_an_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    conf = tmp_path / "agent.env"
+    conf.write_text(
+        "GPUCAP_LEDGER=http://l\nGPUCAP_TOKEN=t\nGPUCAP_NODE_ID=n\nGPUCAP_SITE=s\n"
+        "GPUCAP_BOGUS=1\nGPUCAP_INTREVAL=5\nHTTPS_PROXY=http://proxy:3128\n"
+    )
+    with caplog.at_level(logging.WARNING, logger="gpucap.agent.config"):
+        config = load_config({}, environ={}, config_file=conf)
+    assert config.interval_seconds == 60  # the misspelt key changed nothing
+    assert [r.getMessage() for r in caplog.records] == [
+        f"config file {conf}: unknown key GPUCAP_BOGUS ignored",
+        f"config file {conf}: unknown key GPUCAP_INTREVAL ignored",
+    ]  # HTTPS_PROXY is for the process environment (systemd), not a typo

@@ -228,7 +228,7 @@ def test_rejected_reports_are_quarantined_and_agent_keeps_running(
 
 def test_sighup_rereads_the_config_file(ledger: LedgerServer, tmp_path: Path) -> None:
     conf = tmp_path / "agent.env"
-    conf.write_text("# reloaded on SIGHUP\nGPUCAP_TOKEN=first\n")
+    conf.write_text("# reloaded on SIGHUP\nGPUCAP_TOKEN=first\nGPUCAP_BOGUS=1\n")
     proc = _agent(ledger, tmp_path / "spool", "mig-a100", "--config", str(conf))
     try:
         _until(lambda: "Bearer first" in ledger.auth, "a report with the first token")
@@ -238,6 +238,9 @@ def test_sighup_rereads_the_config_file(ledger: LedgerServer, tmp_path: Path) ->
     finally:
         err = _stop(proc)
     assert "configuration reloaded: token" in err
+    # Logged in the agent's format, once: the reloaded file no longer has the key.
+    warning = f"WARNING gpucap.agent.config: config file {conf}: unknown key GPUCAP_BOGUS ignored"
+    assert err.count(warning) == 1
 
 
 @pytest.mark.parametrize(
