@@ -84,6 +84,9 @@ def _inventory(args: argparse.Namespace) -> int:
     return 0
 
 
+_PIPED_WIDTH = 1000  # columns for table output that does not go to a terminal
+
+
 def _print_table(doc: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -111,6 +114,10 @@ def _print_table(doc: dict[str, Any]) -> None:
         )
     totals = doc["totals"]
     console = Console()
+    if not console.is_terminal:
+        # Piped or redirected, rich assumes 80 columns and would cut UUIDs ("GPU-f…"); a wide
+        # console lets the table take its natural width (it never pads beyond it).
+        console = Console(width=_PIPED_WIDTH)
     console.print(table)
     console.print(
         f"total TPP {totals['tpp']}, {totals['h100e']:.3f} H100e, "

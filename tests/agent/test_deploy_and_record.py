@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -165,3 +166,27 @@ def test_bad_scenario_file_names_the_field(tmp_path: Path) -> None:
         "gpucap: error: bad.devices[0].pci.device_id: "
         "expected a hexadecimal id like '0x2330', got 'zz'"
     )
+
+
+@pytest.mark.parametrize("columns", [None, "80"])
+def test_piped_inventory_table_is_not_truncated(columns: str | None) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    if columns is not None:
+        env["COLUMNS"] = columns
+
+    def inventory(*extra: str) -> str:
+        return subprocess.run(
+            [sys.executable, "-m", "gpucap", "agent", "inventory", "--fake", "mixed-node", *extra],
+            capture_output=True,  # stdout is a pipe, not a terminal
+            text=True,
+            env=env,
+            check=True,
+        ).stdout
+
+    table = inventory()
+    devices = json.loads(inventory("--format", "json"))["devices"]
+    assert "…" not in table
+    for device in devices:
+        row = next(line for line in table.splitlines() if device["uuid"] in line)
+        assert device["name"] in row
+        assert (device["model"] or "unknown") in row
