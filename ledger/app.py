@@ -24,7 +24,7 @@ from gpucap.core.errors import InputError
 from gpucap.core.report import check_to_dict
 from gpucap.ledger import reconcile
 from gpucap.ledger.errors import AuthError, RejectedError, UnavailableError
-from gpucap.ledger.models import Report, WhatIf
+from gpucap.ledger.models import Report, WhatIf, loc_path
 from gpucap.ledger.service import Ledger
 from gpucap.ledger.settings import Settings
 from gpucap.ledger.store import Store
@@ -40,17 +40,6 @@ from gpucap.ledger.views import (
 )
 
 SNAPSHOT_INTERVAL_S = 5.0
-
-
-def loc_path(loc: tuple[int | str, ...]) -> str:
-    """A pydantic error location as a field path: ('devices', 0, 'uuid') -> devices[0].uuid."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(body)"
 
 
 def _validation_detail(exc: ValidationError) -> list[dict[str, str]]:

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
 import sqlalchemy as sa
+from pydantic import ValidationError
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -22,7 +23,7 @@ from gpucap.core.catalogue import Catalogue
 from gpucap.core.fleet import Fleet
 from gpucap.core.scenario import parse_scenario
 from gpucap.ledger import eventlog
-from gpucap.ledger.errors import RejectedError
+from gpucap.ledger.errors import LedgerError, RejectedError
 from gpucap.ledger.eventlog import Head, canonical
 from gpucap.ledger.fold import (
     Change,
@@ -33,7 +34,7 @@ from gpucap.ledger.fold import (
     fold_report,
     resolve,
 )
-from gpucap.ledger.models import Report
+from gpucap.ledger.models import Report, loc_path
 from gpucap.ledger.settings import iso_instant
 from gpucap.ledger.store import HotSql, State, Store, bump
 from gpucap.ledger.tables import table
@@ -340,6 +341,17 @@ def _write_change(conn: Connection, state: State, change: Change) -> None:
         bump(conn, projection_version=state.projection_version + 1)
 
 
+def _recorded_report(seq: int, body: str) -> Report:
+    """A report event's body as a Report; a body today's model refuses (a report accepted by an
+    older, laxer ledger) is one error naming the event and field, and nothing is rebuilt."""
+    try:
+        return Report.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        reason = f"report no longer valid: {loc_path(first['loc'])}: {first['msg']}"
+        raise LedgerError(f"event[{seq}]", reason) from None
+
+
 def rebuild(store: Store, catalogue: Catalogue) -> int:
     """Drop every projection and replay the event log into it; returns the events replayed."""
     n = 0
@@ -351,7 +363,7 @@ def rebuild(store: Store, catalogue: Catalogue) -> int:
             if row.kind == "registry":
                 apply_registry(conn, state, body["doc"], body["origin"], row.recorded_at)
             elif row.kind == "report":
-                report = Report.model_validate_json(row.body)
+                report = _recorded_report(row.seq, row.body)
                 facts = [resolve(d, catalogue) for d in report.devices]
                 node = node_row(conn, report.node_id)
                 apply_report(conn, state, report, facts, row.recorded_at, node)

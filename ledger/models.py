@@ -1,24 +1,73 @@
 """Strict request models at the API edge: `gpucap.report/v1` and the what-if body.
 
-Extra fields are forbidden and every string and list is bounded, so a malformed or oversized body
-is refused (HTTP 422, naming the field path) before anything is written.
+`Report` follows schemas/report-v1.schema.json field for field: every field the schema requires
+is required (nullable ones must be given as null), types are strict, and patterns, enums and
+minimums are the schema's. The ledger adds only bounds the schema leaves open, so that a body
+cannot grow without limit (`LEDGER_BOUNDS`, listed in docs/ledger.md): string lengths, at most
+MAX_DEVICES devices, integers within 64 bits, finite numbers, and a `collected_at` that is a
+real instant. A body breaking any of it is refused (HTTP 422, naming the field path) before
+anything is written.
 """
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from gpucap.ledger.errors import RejectedError
 
 MAX_DEVICES = 1024
-Ident = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,255}$")]
+INT64_MAX = 2**63 - 1
+# What the ledger bounds beyond the schema (the schema sets no maximum for these).
+LEDGER_BOUNDS = {
+    "devices[].uuid, serial, board_part_number, model, agent_version, driver_version": (
+        "128 characters"
+    ),
+    "devices[].name": "256 characters",
+    "devices": f"{MAX_DEVICES} items",
+    "seq, devices[].memory_total_bytes": "at most 2^63-1",
+    "devices[].tpp, devices[].h100e": "finite",
+    "collected_at": "a real date and time",
+}
+
+Ident = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Short = Annotated[str, StringConstraints(max_length=128)]
 Text = Annotated[str, StringConstraints(max_length=256)]
-PciId = Annotated[str, StringConstraints(pattern=r"^0x[0-9a-fA-F]{4}$")]
-PciSubsystemId = Annotated[str, StringConstraints(pattern=r"^0x[0-9a-fA-F]{4,8}$")]
+PciId = Annotated[str, StringConstraints(pattern=r"^0x[0-9a-f]{4}$")]
+PciSubsystemId = Annotated[str, StringConstraints(pattern=r"^0x[0-9a-f]{8}$")]
+Tpp = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+DeviceState = Literal["ok", "lost", "unsupported", "error", "missing"]
+
+
+def _real_instant(value: str) -> str:
+    """`collected_at` must name a real instant (the schema's pattern alone allows month 13)."""
+    try:
+        datetime.fromisoformat(value[:-1])
+    except ValueError:
+        raise ValueError(f"not a real date and time: {value!r}") from None
+    return value
+
+
+UtcInstant = Annotated[
+    str,
+    StringConstraints(
+        pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z$"
+    ),
+    AfterValidator(_real_instant),
+]
+
+
+def loc_path(loc: tuple[int | str, ...]) -> str:
+    """A pydantic error location as a field path: ('devices', 0, 'uuid') -> devices[0].uuid."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(body)"
 
 
 class _Strict(BaseModel):
@@ -30,28 +79,28 @@ class ReportedDevice(_Strict):
 
     uuid: Annotated[str, StringConstraints(min_length=1, max_length=128)]
     pci_device_id: PciId | None
-    pci_subsystem_id: PciSubsystemId | None = None
+    pci_subsystem_id: PciSubsystemId | None
     name: Text | None
-    serial: Short | None = None
-    board_part_number: Short | None = None
-    memory_total_bytes: Annotated[int, Field(ge=0, le=2**50)] | None = None
-    mig_enabled: bool | None = None
-    state: Annotated[str, StringConstraints(pattern=r"^[a-z_]{1,32}$")]
-    model: Short | None = None
-    tpp: Annotated[float, Field(ge=0, le=1e9)] | None = None
-    h100e: Annotated[float, Field(ge=0, le=1e6)] | None = None
+    serial: Short | None
+    board_part_number: Short | None
+    memory_total_bytes: Annotated[int, Field(ge=0, le=INT64_MAX)] | None
+    mig_enabled: bool | None
+    state: DeviceState
+    model: Short | None
+    tpp: Tpp | None
+    h100e: Tpp | None
 
 
 class Report(_Strict):
-    """`gpucap.report/v1`: one node's devices at `collected_at`; `seq` rises per node."""
+    """`gpucap.report/v1`: one node's devices at `collected_at` (UTC, `Z`); `seq` rises per node."""
 
     schema_: Literal["gpucap.report/v1"] = Field(alias="schema")
     node_id: Ident
     site_id: Ident
-    seq: Annotated[int, Field(ge=0, le=2**62)]
-    collected_at: AwareDatetime
-    agent_version: Short
-    driver_version: Short | None = None
+    seq: Annotated[int, Field(ge=1, le=INT64_MAX)]
+    collected_at: UtcInstant
+    agent_version: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    driver_version: Short | None
     devices: Annotated[list[ReportedDevice], Field(max_length=MAX_DEVICES)]
 
     def check_consistent(self) -> None:

@@ -256,3 +256,18 @@ def test_an_entity_operator_sees_the_checks_of_its_sites_in_a_territory(
     assert answer["allowed"] is False
     assert answer["binding"]["rule"] == "tier3_prohibition"
     assert answer["binding"]["scope"] == "country:CN"
+
+
+def test_rebuild_names_a_recorded_report_that_no_longer_validates(ledger: Ledger) -> None:
+    """A report an older, laxer ledger accepted (seq 0) stops the rebuild with its event row."""
+    from gpucap.ledger import eventlog
+    from gpucap.ledger.errors import LedgerError
+
+    body = report(seq=0)
+    with ledger.store.write() as (conn, state):
+        head = eventlog.Head(state.head_seq, state.head_hash)
+        eventlog.append(conn, head, "report", "node:n1", body, "2025-09-01T10:00:00.000000Z")
+    before = count(ledger, "registry")
+    with pytest.raises(LedgerError, match=r"event\[2\].*seq"):
+        ingest.rebuild(ledger.store, default_catalogue())
+    assert count(ledger, "registry") == before  # nothing was dropped
