@@ -3,6 +3,8 @@
 2xx                         acknowledged: the report leaves the spool
 401, 403                    auth problem: retried with backoff (a SIGHUP can fix the token)
 408, 425, 429, 5xx, network retried with backoff
+1xx, 3xx                    retried with backoff: the URL is wrong or behind a redirect (httpx
+                            does not follow redirects for a POST), which an operator can fix
 other 4xx                   rejected for good: quarantined, the ledger's reason logged
 """
 
@@ -68,9 +70,9 @@ class LedgerClient:
         code = response.status_code
         if 200 <= code < 300:
             return SendResult(ACK, _reason(response), code)
-        if code >= 500 or code in _RETRYABLE_4XX:
-            return SendResult(RETRY, f"HTTP {code}: {_reason(response)}", code)
-        return SendResult(REJECT, f"HTTP {code}: {_reason(response)}", code)
+        if 400 <= code < 500 and code not in _RETRYABLE_4XX:
+            return SendResult(REJECT, f"HTTP {code}: {_reason(response)}", code)
+        return SendResult(RETRY, f"HTTP {code}: {_reason(response)}", code)
 
     def close(self) -> None:
         self._client.close()

@@ -90,7 +90,12 @@ AGENT_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(
         "gpucap_agent_report_failures_total",
         "counter",
-        "Reports the agent failed to deliver to the ledger since it started.",
+        "Failed attempts to deliver a report to the ledger (each retry counts) since the start.",
+    ),
+    MetricSpec(
+        "gpucap_agent_spool_errors_total",
+        "counter",
+        "Spool reads or writes that failed (full disk, I/O error) since the agent started.",
     ),
     MetricSpec(
         "gpucap_agent_spool_reports",
@@ -145,6 +150,7 @@ def agent_families(snapshot: AgentSnapshot) -> list[Metric]:
         snapshot.last_report_success_timestamp_seconds or 0.0,
     )
     out.add("gpucap_agent_report_failures_total", snapshot.report_failures_total)
+    out.add("gpucap_agent_spool_errors_total", snapshot.spool_errors_total)
     out.add("gpucap_agent_spool_reports", snapshot.spool_reports)
     return out.families()
 

@@ -11,8 +11,8 @@ from gpucap.agent.ledger_client import ACK, REJECT, RETRY, LedgerClient
 
 from .conftest import REPO
 
-RETRIED = (401, 403, 408, 425, 429, 500, 502, 503, 504, 599)
-QUARANTINED = (301, 308, 400, 404, 405, 409, 413, 415, 422, 451)
+RETRIED = (301, 307, 308, 401, 403, 408, 425, 429, 500, 502, 503, 504, 599)
+QUARANTINED = (400, 404, 405, 409, 413, 415, 422, 451)
 
 
 def _outcome(status: int) -> str:
@@ -60,6 +60,7 @@ def test_docs_name_exactly_the_retried_statuses() -> None:
     named = {int(n) for row in rows for n in re.findall(r"\b([1-5]\d\d)\b", row.split("|")[1])}
     assert named == {401, 403, 408, 425, 429}
     assert any("any 5xx" in row for row in rows)
+    assert any("3xx" in row for row in rows)
     (quarantine_row,) = [line for line in doc.splitlines() if "| quarantined:" in line]
     assert "every other 4xx" in quarantine_row
     assert "`gpucap_agent_report_failures_total` counts failed delivery attempts" in doc
