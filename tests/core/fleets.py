@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date
 from fractions import Fraction
 
-from gpucap.core.fleet import CountryFacts, Entity, EntityStatus, Fleet, Line, Site
+from gpucap.core.fleet import Basis, CountryFacts, Entity, EntityStatus, Fleet, Line, Site
 
 H100 = Fraction(15832)
 PACK = "us-bis-ai-diffusion-2025"
@@ -18,10 +18,10 @@ def line(
     removed: date | None = None,
     *,
     tpp: Fraction = H100,
-    basis: str = "standard",
+    basis: Basis = "standard",
     eccn_class: str = "3A090.a",
 ) -> Line:
-    return Line(site, count, tpp, eccn_class, installed, removed, basis, None)  # type: ignore[arg-type]
+    return Line(site, count, tpp, eccn_class, installed, removed, basis, None)
 
 
 def fleet(

@@ -33,7 +33,8 @@ def _with(path: str, value: object) -> dict[str, object]:
         node[int(last)] = value
     else:
         node[last] = value
-    return doc  # type: ignore[no-any-return]
+    assert isinstance(doc, dict)
+    return doc
 
 
 CASES = [

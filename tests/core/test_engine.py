@@ -9,6 +9,7 @@ import pytest
 
 from gpucap.core.engine import Check, Evaluation, evaluate
 from gpucap.core.errors import InputError
+from gpucap.core.fleet import Fleet
 from gpucap.core.ruleset import load_ruleset
 from tests.core.fleets import H100, fleet, line
 
@@ -18,8 +19,8 @@ LPP = Fraction(26_900_000)
 D = date
 
 
-def run(f: object, as_of: date) -> Evaluation:
-    return evaluate(f, PACK, as_of)  # type: ignore[arg-type]
+def run(f: Fleet, as_of: date) -> Evaluation:
+    return evaluate(f, PACK, as_of)
 
 
 def check(ev: Evaluation, rule: str, scope: str) -> Check:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -51,9 +53,9 @@ def test_unknown_pack_is_an_input_error() -> None:
         load_ruleset("nope")
 
 
-def _mutated(tmp_path: Path, edit: object) -> Path:
+def _mutated(tmp_path: Path, edit: Callable[[dict[str, Any]], object]) -> Path:
     doc = yaml.safe_load(PACK_FILE.read_text())
-    edit(doc)  # type: ignore[operator]
+    edit(doc)
     path = tmp_path / "pack.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
@@ -76,7 +78,9 @@ def _mutated(tmp_path: Path, edit: object) -> Path:
         (lambda d: d["rules"][1].pop("limit_tpp"), r"rules\[1\]\.limit_tpp: expected a mapping"),
     ],
 )
-def test_bad_pack_names_the_field(tmp_path: Path, edit: object, message: str) -> None:
+def test_bad_pack_names_the_field(
+    tmp_path: Path, edit: Callable[[dict[str, Any]], object], message: str
+) -> None:
     with pytest.raises(DataError, match=message):
         load_ruleset_file(_mutated(tmp_path, edit))
 
