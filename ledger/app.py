@@ -180,12 +180,10 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> FastAPI:
     def reconciliation(request: Request) -> dict[str, Any]:
         led = get()
         principal = operator(request)
-        with led.store.read() as conn:
-            fleet = led.registry(conn)
-            found = reconcile.findings(
-                conn, fleet, led.now(), led.settings.stale_after_s, led.today()
-            )
+        found = led.reconciliation()
         if principal.entity is not None:
+            with led.store.read() as conn:
+                fleet = led.registry(conn)
             own = {s.id for s in fleet.sites if s.entity == principal.entity}
             found = reconcile.restrict(found, own)
         return found

@@ -210,6 +210,18 @@ class Ledger:
                 self._evals.popitem(last=False)
         return view
 
+    # -- reconciliation -------------------------------------------------------------------
+    def reconciliation(self) -> dict[str, Any]:
+        """Every finding, as `/v1/reconciliation` answers it and the metrics count it.
+
+        `declared_vs_observed` compares the registry's declared lines (never the observed
+        ones, which the evaluation's fleet also holds) with the devices agents report.
+        """
+        with self.store.read() as conn:
+            return reconcile.findings(
+                conn, self.registry(conn), self.now(), self.settings.stale_after_s, self.today()
+            )
+
     # -- metrics --------------------------------------------------------------------------
     def snapshot(self) -> LedgerSnapshot:
         """The latest snapshot with this process's counters (no SQL here: scrape path)."""
@@ -226,11 +238,9 @@ class Ledger:
         key = (state.head_seq, state.projection_version)
         if not force and key == self._snapshot_key:
             return
-        ev, fleet = self.evaluation(self.today())
+        ev, _ = self.evaluation(self.today())
+        found = self.reconciliation()
         with self.store.read() as conn:
-            found = reconcile.findings(
-                conn, fleet, self.now(), self.settings.stale_after_s, self.today()
-            )
             nodes = reconcile.node_counts(conn, self.now(), self.settings.stale_after_s)
         snap = LedgerSnapshot(
             ruleset_id=ev.ruleset.id,

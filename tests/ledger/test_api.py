@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -345,3 +346,32 @@ def test_two_ledger_processes_on_one_postgresql(tmp_path: Path) -> None:
                 assert share["used_tpp"] == 8 * H100_TPP  # seq 10 reported 8 present devices
         verify = gpucap("ledger", "verify", "--db", db_url)
         assert verify.returncode == 0, verify.stderr
+
+
+def test_metrics_findings_agree_with_the_reconciliation_api(ledger: Ledger) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    ledger.post(report(seq=1), ledger.tokens["n1"])  # acme-ae-1: no declared inventory
+    counts = ledger.get("/v1/reconciliation", ledger.tokens["admin"]).json()["counts"]
+    assert counts["declared_vs_observed"] == 0
+
+    def scraped() -> dict[str, float]:
+        text = httpx.get(f"{ledger.url}/metrics", timeout=30).text
+        rows = {
+            s.labels["kind"]: s.value
+            for f in text_string_to_metric_families(text)
+            if f.name == "gpucap_reconciliation_findings"
+            for s in f.samples
+        }
+        eventlog = [
+            s.value
+            for f in text_string_to_metric_families(text)
+            if f.name == "gpucap_eventlog_rows"
+            for s in f.samples
+        ]
+        return rows if eventlog == [2.0] else {}
+
+    deadline = time.monotonic() + 30  # the snapshot is refreshed in the background
+    while not (found := scraped()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert found == {k: float(v) for k, v in counts.items()}

@@ -271,3 +271,17 @@ def test_rebuild_names_a_recorded_report_that_no_longer_validates(ledger: Ledger
     with pytest.raises(LedgerError, match=r"event\[2\].*seq"):
         ingest.rebuild(ledger.store, default_catalogue())
     assert count(ledger, "registry") == before  # nothing was dropped
+
+
+def test_metrics_and_the_api_count_declared_vs_observed_alike(ledger: Ledger) -> None:
+    """Declared lines are the registry's only: a site with agents but no declared line is not
+    a `declared_vs_observed` finding in the metrics either."""
+    ledger.ingest(rep(seq=1))  # acme-ae-1: observed only
+    ledger.ingest(rep(node="n2", site="acme-us-1", seq=1, n=2))  # acme-us-1: 1000 declared
+    ledger.refresh_snapshot(force=True)
+    found = ledger.reconciliation()
+    assert found["findings"]["declared_vs_observed"] == [
+        {"site": "acme-us-1", "declared": 1000, "observed": 2}
+    ]
+    assert dict(ledger.snapshot().findings) == found["counts"]
+    assert found == ledger_findings(ledger)
