@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from gpucap.core.errors import InputError
+from gpucap.core.errors import GpucapError, InputError
 from gpucap.core.report import check_to_dict
 from gpucap.ledger import reconcile
 from gpucap.ledger.errors import AuthError, RejectedError, UnavailableError
@@ -39,7 +40,8 @@ from gpucap.ledger.views import (
     whatif_fleet,
 )
 
-SNAPSHOT_INTERVAL_S = 5.0
+SNAPSHOT_INTERVAL_S = 5.0  # how often the loop asks whether the snapshot needs rebuilding
+log = logging.getLogger("gpucap.ledger")
 
 
 def _validation_detail(exc: ValidationError) -> list[dict[str, str]]:
@@ -267,9 +269,36 @@ def _metrics_body(snapshot: Callable[[], Any]) -> tuple[bytes, str]:
     return metrics_response(snapshot)
 
 
+class SnapshotRefresher:
+    """One step of the metrics refresh loop: a failed refresh keeps the last snapshot and is
+    logged once per distinct error (every SNAPSHOT_INTERVAL_S would flood the log)."""
+
+    def __init__(self, led: Ledger) -> None:
+        self.led = led
+        self.last_error: str | None = None
+
+    def step(self) -> None:
+        try:
+            self.led.refresh_snapshot()
+        except GpucapError as exc:
+            self._failed(f"{exc}", None)
+        except Exception as exc:  # a bug must not stop the loop; logged with its traceback
+            self._failed(f"{type(exc).__name__}: {exc}", exc)
+        else:
+            if self.last_error is not None:
+                log.info("metrics snapshot refreshed again")
+                self.last_error = None
+
+    def _failed(self, text: str, exc: BaseException | None) -> None:
+        if text == self.last_error:
+            return
+        self.last_error = text
+        log.error("metrics snapshot not refreshed (serving the last one): %s", text, exc_info=exc)
+
+
 def _refresh_loop(led: Ledger, stop: threading.Event) -> None:
-    """Keep the metrics snapshot current (writes from other processes included)."""
+    """Keep the metrics snapshot current (writes from other processes, stale nodes, the date)."""
+    refresher = SnapshotRefresher(led)
     while not stop.is_set():
-        with contextlib.suppress(Exception):  # a failed refresh keeps the last snapshot
-            led.refresh_snapshot()
+        refresher.step()
         stop.wait(SNAPSHOT_INTERVAL_S)

@@ -100,7 +100,8 @@ class Ledger:
         self.reports_total: Counter[str] = Counter()
         self.auth_refusals_total: Counter[str] = Counter()
         self._snapshot = LedgerSnapshot(ruleset_id="", ruleset_status="unknown")
-        self._snapshot_key: tuple[int, int] | None = None
+        self._snapshot_key: tuple[int, int, date] | None = None
+        self._snapshot_at: datetime | None = None
 
     # -- registry -------------------------------------------------------------------------
     def load_registry_file(self, path: Path, actor: str = "registry-file") -> bool:
@@ -232,16 +233,24 @@ class Ledger:
                 auth_refusals_total=dict(self.auth_refusals_total),
             )
 
-    def refresh_snapshot(self, force: bool = False) -> None:
-        """Rebuild the SQL-derived part of the snapshot when the database moved."""
+    def refresh_snapshot(self, force: bool = False) -> bool:
+        """Rebuild the SQL-derived part of the snapshot when it may have changed; True if it did.
+
+        It changes when the database moves (log head, projection version), when the date
+        changes (checks are as of today), and with time alone: nodes turn stale without any
+        write, so a snapshot older than one report interval is rebuilt too.
+        """
         state = self.store.state()
-        key = (state.head_seq, state.projection_version)
-        if not force and key == self._snapshot_key:
-            return
-        ev, _ = self.evaluation(self.today())
+        now = self.now()
+        key = (state.head_seq, state.projection_version, now.date())
+        at = self._snapshot_at
+        recent = at is not None and (now - at).total_seconds() < self.settings.report_interval_s
+        if not force and key == self._snapshot_key and recent:
+            return False
+        ev, _ = self.evaluation(now.date())
         found = self.reconciliation()
         with self.store.read() as conn:
-            nodes = reconcile.node_counts(conn, self.now(), self.settings.stale_after_s)
+            nodes = reconcile.node_counts(conn, now, self.settings.stale_after_s)
         snap = LedgerSnapshot(
             ruleset_id=ev.ruleset.id,
             ruleset_status=ev.ruleset.status,
@@ -267,6 +276,8 @@ class Ledger:
         with self._lock:
             self._snapshot = snap
             self._snapshot_key = key
+            self._snapshot_at = now
+        return True
 
     def event_rows(self) -> int:
         with self.store.read() as conn:

@@ -285,3 +285,74 @@ def test_metrics_and_the_api_count_declared_vs_observed_alike(ledger: Ledger) ->
     ]
     assert dict(ledger.snapshot().findings) == found["counts"]
     assert found == ledger_findings(ledger)
+
+
+def test_a_silent_node_turns_stale_in_the_metrics_snapshot(ledger: Ledger, clock: Clock) -> None:
+    ledger.ingest(rep(seq=1))
+    assert ledger.refresh_snapshot()
+    assert ledger.snapshot().nodes == {("acme-ae-1", "fresh"): 1}
+    clock.moment = at("2025-09-01T10:01:00")  # nothing moved, within one report interval
+    assert not ledger.refresh_snapshot()
+    clock.moment = at("2025-09-01T10:16:00")  # silent for more than 3 x 300 s, no write since
+    assert ledger.refresh_snapshot()
+    assert ledger.snapshot().nodes == {("acme-ae-1", "stale"): 1}
+    assert ledger.snapshot().findings["stale_node"] == 1
+
+
+def test_the_metrics_snapshot_follows_the_date(
+    ledger: Ledger, clock: Clock, tmp_path: Path
+) -> None:
+    from tests.ledger.support import REGISTRY
+
+    path = tmp_path / "tomorrow.yaml"
+    path.write_text(
+        REGISTRY
+        + "  - {site: acme-ae-1, model: h100-sxm5-80gb, count: 5, installed: 2025-09-02}\n",
+        encoding="utf-8",
+    )
+    ledger.load_registry_file(path)
+    clock.moment = at("2025-09-01T23:59:50")
+    ledger.refresh_snapshot()
+
+    def site_tpp() -> float:
+        return next(s.tpp for s in ledger.snapshot().sites if s.site == "acme-ae-1")
+
+    assert site_tpp() == 0
+    clock.moment = at("2025-09-02T00:00:10")  # 20 s later, a new day: the line counts now
+    assert ledger.refresh_snapshot()
+    assert site_tpp() == 5 * H100_TPP
+
+
+def test_a_failing_refresh_is_logged_once_per_distinct_error(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path, registry_file: Path
+) -> None:
+    from gpucap.ledger.app import SnapshotRefresher
+    from gpucap.ledger.settings import Settings
+
+    url = f"sqlite:///{tmp_path / 'missing' / 'ledger.db'}"  # its folder does not exist
+    settings = Settings(db_url=url, secret="s")
+    led = Ledger(settings, Store(url), default_catalogue())
+    refresher = SnapshotRefresher(led)
+    with caplog.at_level("INFO", logger="gpucap.ledger"):
+        for _ in range(3):
+            refresher.step()
+    failures = [r for r in caplog.records if "not refreshed" in r.getMessage()]
+    assert len(failures) == 1
+    assert "unable to open database file" in failures[0].getMessage()
+    assert failures[0].exc_info is None  # an operational error: one line, no traceback
+    (tmp_path / "missing").mkdir()
+    led.store.migrate()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="gpucap.ledger"):
+        refresher.step()  # no registry yet: another distinct error
+        refresher.step()
+    assert [r.getMessage() for r in caplog.records] == [
+        "metrics snapshot not refreshed (serving the last one): "
+        "registry: no registry loaded (serve --registry FILE)"
+    ]
+    led.load_registry_file(registry_file)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="gpucap.ledger"):
+        refresher.step()
+    assert [r.getMessage() for r in caplog.records] == ["metrics snapshot refreshed again"]
+    led.store.close()
