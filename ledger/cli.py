@@ -143,12 +143,23 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _reload(led: Any, path: Path) -> None:
+    """Re-read the registry on SIGHUP (in a thread of `serve` or of the workers' supervisor).
+
+    Whatever goes wrong is one line on stderr (naming the field for a bad file) and the old
+    registry stays in force: nothing may escape into the thread's traceback printer.
+    """
     from gpucap.core.errors import GpucapError
 
     try:
         led.load_registry_file(path, actor="sighup")
     except GpucapError as exc:
-        print(f"gpucap: registry not reloaded: {exc}", file=sys.stderr)
+        print(f"gpucap: registry not reloaded, the previous one stays: {exc}", file=sys.stderr)
+    except Exception as exc:  # a reload must never kill the handler thread
+        print(
+            f"gpucap: registry not reloaded, the previous one stays: {path}: "
+            f"{type(exc).__name__}: {exc}",
+            file=sys.stderr,
+        )
 
 
 def _migrate(args: argparse.Namespace) -> int:

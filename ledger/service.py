@@ -42,7 +42,10 @@ _EVAL_CACHE = 8
 
 def registry_doc(path: Path, catalogue: Catalogue) -> Any:
     """Read and validate a registry file; the document as JSON-ready data (dates as text)."""
-    raw = read_yaml(path, error=InputError)
+    try:
+        raw = read_yaml(path, error=InputError)
+    except UnicodeDecodeError as exc:  # read_yaml turns only OSError and YAML errors into ours
+        raise InputError(str(path), f"not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     doc = json.loads(json.dumps(raw, default=str))
     fleet = ingest.load_registry_doc(doc, path.name, catalogue)
     pack = load_ruleset(fleet.ruleset)

@@ -176,3 +176,53 @@ def test_serve_with_workers_accepts_reports_rereads_the_registry_and_stops(
         assert httpx.get(f"{url}/readyz").status_code == 200
         proc.terminate()
         assert proc.wait(timeout=20) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sighup_with_a_bad_registry_is_one_line_and_keeps_the_old_one(
+    db_url: str, tmp_path: Path, workers: str
+) -> None:
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(REGISTRY, encoding="utf-8")
+    env = {"GPUCAP_LEDGER_WORKERS": workers}
+    with ledger_server_proc(db_url, registry, env) as (url, proc):
+        for bad in (
+            REGISTRY.replace("installed: 2025-06-01", "installed: 2025-02-30").encode(),
+            REGISTRY.encode() + b"# \xff\xfe\n",  # not UTF-8
+        ):
+            registry.write_bytes(bad)
+            proc.send_signal(signal.SIGHUP)
+            time.sleep(1.0)
+            assert httpx.get(f"{url}/readyz").status_code == 200
+        assert _events(db_url) == ["registry"]
+        # The handler still works: a good change afterwards is recorded.
+        registry.write_text(REGISTRY.replace("gov_agreement: true", "gov_agreement: false"))
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while len(_events(db_url)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _events(db_url) == ["registry", "registry"]
+        proc.terminate()
+        proc.wait(timeout=20)
+        out = proc.stdout.read() if proc.stdout else ""
+    lines = [ln for ln in out.splitlines() if "registry not reloaded" in ln]
+    assert len(lines) == 2, out
+    assert "inventory[0].installed" in lines[0]
+    assert "not UTF-8" in lines[1]
+    assert "Traceback" not in out
+
+
+def test_reload_never_raises_out_of_the_signal_thread(capsys: pytest.CaptureFixture[str]) -> None:
+    from gpucap.ledger.cli import _reload
+
+    class Broken:
+        def load_registry_file(self, path: Path, actor: str) -> bool:
+            raise RuntimeError("disk on fire")
+
+    _reload(Broken(), Path("registry.yaml"))
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "gpucap: registry not reloaded, the previous one stays: registry.yaml: "
+        "RuntimeError: disk on fire"
+    ]
