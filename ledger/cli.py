@@ -92,10 +92,12 @@ def _settings(args: argparse.Namespace, **more: Any) -> Any:
     return Settings.from_env(os.environ, db_url=getattr(args, "db", None), **more)
 
 
-def _store(args: argparse.Namespace, migrate: bool = True) -> Any:
+def _store(args: argparse.Namespace) -> Any:
+    """The database of an admin command: it must exist with the shipped schema (only `serve`
+    and `migrate` create or migrate one; a wrong --db must not become a new empty ledger)."""
     from gpucap.ledger.store import Store
 
-    return Store.open(_settings(args), migrate=migrate)
+    return Store.open_existing(_settings(args))
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -163,7 +165,9 @@ def _reload(led: Any, path: Path) -> None:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    store = _store(args, migrate=False)
+    from gpucap.ledger.store import Store
+
+    store = Store.open(_settings(args), migrate=False)
     try:
         head = store.migrate()
     finally:
@@ -177,27 +181,21 @@ def _token(args: argparse.Namespace) -> int:
     from gpucap.ledger.settings import utc_now
 
     settings = _settings(args)
+    # The flags are checked before the database is opened: a usage error is exit 2 anywhere.
+    kind, subject = "operator", {"operator": args.operator, "entity": args.entity}
+    if args.node or args.site:
+        if args.operator or args.entity:
+            raise InputError("--operator", "give --node/--site or --operator, not both")
+        kind, subject = "node", {"node_id": args.node, "site_id": args.site}
+    if not args.revoke:
+        tokens.check_subject(kind, **subject)
     store = _store(args)
     try:
         if args.revoke:
             tokens.revoke(store, args.revoke, utc_now())
             print(f"revoked {args.revoke}")
             return 0
-        if args.node or args.site:
-            if args.operator or args.entity:
-                raise InputError("--operator", "give --node/--site or --operator, not both")
-            token_id, token = tokens.issue(
-                store, "node", utc_now(), settings.secret, node_id=args.node, site_id=args.site
-            )
-        else:
-            token_id, token = tokens.issue(
-                store,
-                "operator",
-                utc_now(),
-                settings.secret,
-                operator=args.operator,
-                entity=args.entity,
-            )
+        token_id, token = tokens.issue(store, kind, utc_now(), settings.secret, **subject)
     finally:
         store.close()
     print(f"token id {token_id}", file=sys.stderr)
@@ -209,7 +207,7 @@ def _verify(args: argparse.Namespace) -> int:
     from gpucap.ledger import eventlog
     from gpucap.ledger.errors import ChainBrokenError
 
-    store = _store(args, migrate=False)
+    store = _store(args)
     try:
         state = store.state()
         with store.read() as conn:

@@ -72,16 +72,46 @@ class Store:
         if self.read_engine is not self.engine:
             self.read_engine.dispose()
 
+    @classmethod
+    def open_existing(cls, settings: Settings) -> Store:
+        """Connect to a database that `gpucap ledger migrate` (or `serve`) has set up, for the
+        admin commands: never creates a SQLite file, never migrates. UnavailableError (exit 3)
+        naming the command to run when the schema is missing or not the shipped one."""
+        url = sa.engine.make_url(settings.db_url)
+        hint = f"run gpucap ledger migrate --db {url.render_as_string(hide_password=True)}"
+        missing = UnavailableError("", f"database not initialised: {hint}")
+        database = url.database
+        file_backed = url.get_backend_name() == "sqlite" and database not in (None, "", ":memory:")
+        if file_backed and not os.path.exists(str(database)):  # connecting would create it
+            raise missing
+        store = cls(settings.db_url, settings.sqlite_synchronous)
+        try:
+            current = store.revision()
+            if current is None:
+                raise missing
+            head = head_revision()
+            if current != head:
+                raise UnavailableError(
+                    "", f"database schema is at revision {current}, not {head}: {hint}"
+                )
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def revision(self) -> str | None:
+        """The schema's Alembic revision, or None when the database has no ledger schema."""
+        with self.read() as conn:
+            if not sa.inspect(conn).has_table("alembic_version"):
+                return None
+            row = conn.execute(sa.text("SELECT version_num FROM alembic_version")).first()
+        return None if row is None else str(row[0])
+
     def migrate(self) -> str:
         """Run the shipped Alembic migrations up to head; returns the head revision."""
         from alembic import command
-        from alembic.config import Config
-        from alembic.script import ScriptDirectory
 
-        config = Config()
-        config.set_main_option(
-            "script_location", str(resources.files("gpucap.ledger").joinpath("migrations"))
-        )
+        config = _alembic_config()
         try:
             with self.engine.begin() as conn:
                 if not self.is_sqlite:
@@ -91,8 +121,7 @@ class Store:
                 command.upgrade(config, "head")
         except sa.exc.OperationalError as exc:
             raise UnavailableError("db", f"cannot migrate {self.safe_url}: {exc.orig}") from exc
-        head = ScriptDirectory.from_config(config).get_current_head()
-        return head or ""
+        return head_revision()
 
     @property
     def safe_url(self) -> str:
@@ -133,6 +162,23 @@ class Store:
         return State(
             row.head_seq, row.head_hash, row.projection_version, row.auth_version, row.token_key
         )
+
+
+def _alembic_config() -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option(
+        "script_location", str(resources.files("gpucap.ledger").joinpath("migrations"))
+    )
+    return config
+
+
+def head_revision() -> str:
+    """The newest migration this version ships."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head() or ""
 
 
 class HotSql:

@@ -102,14 +102,19 @@ def signing_key(store: Store, secret: str | None) -> bytes:
     return bytes.fromhex(store.state().token_key)
 
 
-def issue(
-    store: Store, principal_kind: str, now: datetime, secret: str | None, **subject: str | None
-) -> tuple[str, str]:
-    """Create and record a token; returns (token id, token). Only the token's hash is stored."""
+def check_subject(principal_kind: str, **subject: str | None) -> None:
+    """RejectedError (exit 2) when a token's subject is incomplete; checked before any I/O."""
     if principal_kind == "node" and not (subject.get("node_id") and subject.get("site_id")):
         raise RejectedError("--node/--site", "a node token needs both a node and a site")
     if principal_kind == "operator" and not subject.get("operator"):
         raise RejectedError("--operator", "an operator token needs a name")
+
+
+def issue(
+    store: Store, principal_kind: str, now: datetime, secret: str | None, **subject: str | None
+) -> tuple[str, str]:
+    """Create and record a token; returns (token id, token). Only the token's hash is stored."""
+    check_subject(principal_kind, **subject)
     principal = Principal(token_id=secrets.token_hex(8), kind=principal_kind, **subject)
     token = sign(principal, signing_key(store, secret))
     with store.write() as (conn, _state):

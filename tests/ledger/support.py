@@ -134,15 +134,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def gpucap(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the real CLI in a subprocess."""
+def gpucap(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a subprocess (variables set to "" in `env` are removed)."""
+    merged = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "gpucap", *args],
         capture_output=True,
         text=True,
-        env={**os.environ, **(env or {})},
+        env={k: v for k, v in merged.items() if v or k not in (env or {})},
         timeout=120,
         check=False,
+        cwd=cwd,
     )
 
 

@@ -38,12 +38,14 @@ def test_token_input_errors_exit_2(db_url: str) -> None:
         "ledger", "token", "--db", db_url, "--node", "n1", "--site", "s", "--operator", "x"
     )
     assert proc.returncode == 2
+    assert gpucap("ledger", "migrate", "--db", db_url).returncode == 0
     proc = gpucap("ledger", "token", "--db", db_url, "--revoke", "nope")
     assert proc.returncode == 2
     assert "--revoke" in proc.stderr
 
 
 def test_token_is_printed_and_never_stored(db_url: str) -> None:
+    assert gpucap("ledger", "migrate", "--db", db_url).returncode == 0
     proc = gpucap("ledger", "token", "--db", db_url, "--operator", "alice", "--entity", "acme")
     assert proc.returncode == 0, proc.stderr
     token = proc.stdout.strip()
@@ -59,6 +61,41 @@ def test_token_is_printed_and_never_stored(db_url: str) -> None:
     assert token_id in rows[0]
     assert all(token not in str(v) for v in rows[0])
     assert gpucap("ledger", "token", "--db", db_url, "--revoke", token_id).returncode == 0
+
+
+ADMIN_COMMANDS = [
+    ["token", "--operator", "alice"],
+    ["token", "--node", "n1", "--site", "acme-ae-1"],
+    ["token", "--revoke", "abc"],
+    ["verify"],
+    ["rebuild"],
+    ["decommission", "--node", "n1"],
+]
+
+
+@pytest.mark.parametrize("command", ADMIN_COMMANDS, ids=lambda c: " ".join(c[:2]))
+def test_admin_commands_never_create_a_database(command: list[str], tmp_path: Path) -> None:
+    """A wrong or defaulted --db is an error, not a new empty ledger with a new secret."""
+    typo = tmp_path / "typo.db"
+    given = gpucap("ledger", *command, "--db", f"sqlite:///{typo}")
+    default = gpucap("ledger", *command, env={"GPUCAP_DB": ""}, cwd=tmp_path)
+    for proc, url in ((given, f"sqlite:///{typo}"), (default, "sqlite:///gpucap.db")):
+        assert proc.returncode == 3, proc.stderr
+        assert proc.stderr.splitlines() == [
+            f"gpucap: error: database not initialised: run gpucap ledger migrate --db {url}"
+        ]
+        assert proc.stdout == ""
+    assert list(tmp_path.iterdir()) == []  # no database file, no writer-lock file
+
+
+@pytest.mark.parametrize("command", ADMIN_COMMANDS, ids=lambda c: " ".join(c[:2]))
+def test_admin_commands_refuse_an_unmigrated_database(command: list[str], db_url: str) -> None:
+    if db_url.startswith("sqlite:///"):  # an existing but empty file
+        Path(db_url.removeprefix("sqlite:///")).touch()
+    proc = gpucap("ledger", *command, "--db", db_url)
+    assert proc.returncode == 3, proc.stderr
+    assert len(proc.stderr.splitlines()) == 1
+    assert "database not initialised: run gpucap ledger migrate --db" in proc.stderr
 
 
 def test_unreachable_database_exits_3() -> None:
@@ -119,6 +156,7 @@ def test_sighup_rereads_the_registry(db_url: str, tmp_path: Path) -> None:
 def test_decommission_and_rebuild_commands(db_url: str, tmp_path: Path) -> None:
     registry = tmp_path / "registry.yaml"
     registry.write_text(REGISTRY, encoding="utf-8")
+    assert gpucap("ledger", "migrate", "--db", db_url).returncode == 0
     tok = gpucap("ledger", "token", "--db", db_url, "--node", "n1", "--site", "acme-ae-1")
     admin = gpucap("ledger", "token", "--db", db_url, "--operator", "root").stdout.strip()
     with ledger_server(db_url, registry) as url:
@@ -150,6 +188,7 @@ def test_serve_with_workers_accepts_reports_rereads_the_registry_and_stops(
 ) -> None:
     registry = tmp_path / "registry.yaml"
     registry.write_text(REGISTRY, encoding="utf-8")
+    assert gpucap("ledger", "migrate", "--db", db_url).returncode == 0
     toks = {
         node: gpucap(
             "ledger", "token", "--db", db_url, "--node", node, "--site", "acme-ae-1"
