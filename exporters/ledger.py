@@ -127,11 +127,12 @@ def ledger_families(snapshot: LedgerSnapshot) -> list[Metric]:
         out.add("gpucap_reports_total", count, {"status": status})
     for reason, count in sorted(snapshot.auth_refusals_total.items()):
         out.add("gpucap_auth_refusals_total", count, {"reason": reason})
-    out.add(
-        "gpucap_ruleset_info",
-        1,
-        {"id": snapshot.ruleset_id, "status": snapshot.ruleset_status},
-    )
+    if snapshot.ruleset_id:  # empty: no registry (so no rule set) loaded yet
+        out.add(
+            "gpucap_ruleset_info",
+            1,
+            {"id": snapshot.ruleset_id, "status": snapshot.ruleset_status},
+        )
     out.add("gpucap_eventlog_rows", snapshot.eventlog_rows)
     return out.families()
 

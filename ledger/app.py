@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from gpucap.core.data import parse_day
 from gpucap.core.errors import GpucapError, InputError
 from gpucap.core.report import check_to_dict
 from gpucap.ledger import reconcile
@@ -52,9 +53,9 @@ def _parse_day(value: str | None, field: str, default: date) -> date:
     if value is None:
         return default
     try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise RejectedError(field, f"expected a date YYYY-MM-DD, got {value!r}") from None
+        return parse_day(value)
+    except ValueError as exc:
+        raise RejectedError(field, str(exc)) from None
 
 
 def create_app(settings: Settings, ledger: Ledger | None = None) -> FastAPI:

@@ -250,8 +250,16 @@ def _decommission(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from gpucap.ledger.client import LedgerClient
+    """The operators' client, after checking the flags a ledger would refuse (exit 2)."""
+    from gpucap.core.data import parse_day
+    from gpucap.ledger.client import LedgerClient, base_url
 
+    base_url(args.ledger, "--ledger")
+    if args.as_of is not None:
+        try:
+            parse_day(args.as_of)
+        except ValueError as exc:
+            raise InputError("--as-of", str(exc)) from None
     token = os.environ.get("GPUCAP_TOKEN")
     if not token:
         raise InputError("GPUCAP_TOKEN", "set it to an operator token (gpucap ledger token)")

@@ -1,7 +1,8 @@
 """The operators' HTTP client for `gpucap headroom` and `gpucap whatif`.
 
-HTTP status maps to our errors here: 422 -> InputError (exit 2), 401/403/5xx and connection
-failures -> UnavailableError (exit 3). `transport` lets a test hand in any httpx transport.
+A malformed base URL is an InputError (exit 2). HTTP status maps to our errors here: 422 ->
+InputError (exit 2), 401/403/5xx and connection failures -> UnavailableError (exit 3).
+`transport` lets a test hand in any httpx transport.
 """
 
 from __future__ import annotations
@@ -14,18 +15,29 @@ from gpucap.core.errors import InputError
 from gpucap.ledger.errors import UnavailableError
 
 
+def base_url(text: str, field: str = "--ledger") -> str:
+    """A ledger base URL (`http://host:port`); InputError naming `field` for anything else."""
+    try:
+        url = httpx.URL(text)
+    except httpx.InvalidURL as exc:
+        raise InputError(field, f"not a URL: {exc}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise InputError(field, f"expected http://HOST:PORT or https://..., got {text!r}")
+    return text.rstrip("/")
+
+
 class LedgerClient:
     """A thin client of the ledger API with one bearer token."""
 
     def __init__(
         self,
-        base_url: str,
+        url: str,
         token: str,
         timeout_s: float = 30.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self._http = httpx.Client(
-            base_url=base_url.rstrip("/"),
+            base_url=base_url(url),
             headers={"Authorization": f"Bearer {token}"},
             timeout=timeout_s,
             transport=transport,

@@ -14,8 +14,16 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
 
+from gpucap.core.data import parse_day
 from gpucap.ledger.errors import RejectedError
 
 MAX_DEVICES = 1024
@@ -126,7 +134,7 @@ class WhatIf(_Strict):
 
     add: Annotated[list[Placement], Field(max_length=1000)] = []
     remove: Annotated[list[Placement], Field(max_length=1000)] = []
-    as_of: date | None = None
+    as_of: Annotated[date, BeforeValidator(parse_day)] | None = None
 
     def check_consistent(self) -> None:
         for name, items in (("add", self.add), ("remove", self.remove)):

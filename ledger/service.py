@@ -102,7 +102,8 @@ class Ledger:
         # Per-process counters (the Prometheus convention for counters; sum across processes).
         self.reports_total: Counter[str] = Counter()
         self.auth_refusals_total: Counter[str] = Counter()
-        self._snapshot = LedgerSnapshot(ruleset_id="", ruleset_status="unknown")
+        # No ruleset until a registry is loaded: empty, and the exporter omits gpucap_ruleset_info.
+        self._snapshot = LedgerSnapshot(ruleset_id="", ruleset_status="")
         self._snapshot_key: tuple[int, int, date] | None = None
         self._snapshot_at: datetime | None = None
 

@@ -20,6 +20,8 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from tests.conftest import in_ci
+
 H100_TPP = 15832
 REGISTRY = """\
 ruleset: us-bis-ai-diffusion-2025
@@ -62,7 +64,7 @@ class Clock:
 def pg_base_url() -> str | None:
     url = os.environ.get("GPUCAP_TEST_DATABASE_URL")
     if not url:
-        if os.environ.get("CI") == "true":
+        if in_ci():
             pytest.fail("CI=true needs GPUCAP_TEST_DATABASE_URL (a PostgreSQL server)")
         pytest.skip("GPUCAP_TEST_DATABASE_URL is not set (PostgreSQL tests run in CI)")
     return url
@@ -78,7 +80,7 @@ def pg_schema_url(base: str) -> Iterator[str]:
             conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
     except sa.exc.OperationalError as exc:
         admin.dispose()
-        if os.environ.get("CI") == "true":
+        if in_ci():
             pytest.fail(f"PostgreSQL unreachable under CI=true: {exc.orig}")
         pytest.skip(f"PostgreSQL unreachable: {exc.orig}")
     sep = "&" if "?" in base else "?"

@@ -265,3 +265,25 @@ def test_reload_never_raises_out_of_the_signal_thread(capsys: pytest.CaptureFixt
         "gpucap: registry not reloaded, the previous one stays: registry.yaml: "
         "RuntimeError: disk on fire"
     ]
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["headroom", "--ledger", "notaurl"], "--ledger"),
+        (["headroom", "--ledger", "http://"], "--ledger"),
+        (["headroom", "--ledger", "ftp://ledger.example"], "--ledger"),
+        (["headroom", "--ledger", "http://[::1"], "--ledger"),
+        (["headroom", "--ledger", "http://127.0.0.1:1", "--as-of", "2025-02-30"], "--as-of"),
+        (["headroom", "--ledger", "http://127.0.0.1:1", "--as-of", "20250901"], "--as-of"),
+        (
+            ["whatif", "--ledger", "notaurl", "--site", "s", "--model", "m", "--count", "1"],
+            "--ledger",
+        ),
+    ],
+)
+def test_operator_commands_refuse_bad_input_with_exit_2(args: list[str], field: str) -> None:
+    proc = gpucap(*args, env={"GPUCAP_TOKEN": "gpc1.x.y"})
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.splitlines()) == 1
+    assert proc.stderr.startswith(f"gpucap: error: {field}: ")

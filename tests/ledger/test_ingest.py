@@ -356,3 +356,47 @@ def test_a_failing_refresh_is_logged_once_per_distinct_error(
         refresher.step()
     assert [r.getMessage() for r in caplog.records] == ["metrics snapshot refreshed again"]
     led.store.close()
+
+
+def test_no_ruleset_info_series_before_a_registry_is_loaded(tmp_path: Path) -> None:
+    from gpucap.exporters.ledger import metrics_response
+    from gpucap.ledger.settings import Settings
+
+    settings = Settings(db_url=f"sqlite:///{tmp_path / 'ledger.db'}")
+    led = Ledger(settings, Store.open(settings), default_catalogue())
+    try:
+        body = metrics_response(led.snapshot)[0].decode()
+        assert "\ngpucap_ruleset_info{" not in body
+        assert 'status="unknown"' not in body
+        led.load_registry_file(_registry(tmp_path))
+        led.refresh_snapshot()
+        body = metrics_response(led.snapshot)[0].decode()
+        assert '\ngpucap_ruleset_info{id="us-bis-ai-diffusion-2025",' in body
+    finally:
+        led.store.close()
+
+
+def _registry(tmp_path: Path) -> Path:
+    from tests.ledger.support import REGISTRY
+
+    path = tmp_path / "registry.yaml"
+    path.write_text(REGISTRY, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("as_of", ["20250901", "2025-02-30", "2025-9-1", "2025-09-01T00:00:00"])
+def test_as_of_dates_are_parsed_by_the_one_date_parser(ledger: Ledger, as_of: str) -> None:
+    from pydantic import ValidationError
+
+    from gpucap.ledger.app import headroom_answer
+    from gpucap.ledger.models import WhatIf
+    from gpucap.ledger.tokens import Principal
+
+    admin = Principal("a", "operator", operator="root")
+    with pytest.raises(RejectedError) as info:
+        headroom_answer(ledger, admin, None, as_of)
+    assert info.value.path == "as_of"
+    with pytest.raises(ValidationError) as bad:
+        WhatIf.model_validate_json(json.dumps({"as_of": as_of}))
+    assert bad.value.errors()[0]["loc"] == ("as_of",)
+    assert WhatIf.model_validate_json('{"as_of": "2025-09-01"}').as_of == date(2025, 9, 1)
