@@ -133,7 +133,9 @@ def ingest_report(
             raise RejectedError("site_id", f"no site {report.site_id!r} in the registry")
         if node is not None and node.decommissioned_on is not None:
             raise RejectedError(
-                "node_id", f"node {report.node_id!r} was decommissioned on {node.decommissioned_on}"
+                "node_id",
+                f"node {report.node_id!r} was decommissioned on {node.decommissioned_on}; "
+                "a node id is never reused: enrol the machine under a new node id",
             )
         if node is not None and node.site_id != report.site_id:
             raise RejectedError(

@@ -105,10 +105,15 @@ def test_decommission_closes_devices_and_refuses_later_reports(
     clock.moment = at("2025-09-10T00:00:00")
     assert ingest.decommission(ledger.store, "n1", clock(), "operator:test") == 8
     assert lines(ledger) == [("acme-ae-1", "2025-09-01", H100_TPP, "2025-09-10", 8)]
-    with pytest.raises(RejectedError, match="decommissioned"):
+    with pytest.raises(RejectedError, match="decommissioned on 2025-09-10; .* new node id"):
         ledger.ingest(rep(seq=2))
     with pytest.raises(RejectedError, match="already"):
         ingest.decommission(ledger.store, "n1", clock(), "operator:test")
+    # The machine comes back under a new node id: its GPUs count again from that day, and the
+    # same UUIDs on the closed node are no duplicate.
+    ledger.ingest(rep(node="n1-b", seq=1, devices=[device(i, "n1") for i in range(8)]))
+    assert ledger_findings(ledger)["counts"]["duplicate_uuid"] == 0  # type: ignore[index]
+    assert ("acme-ae-1", "2025-09-10", H100_TPP, None, 8) in lines(ledger)
 
 
 def test_refusals_write_nothing(ledger: Ledger) -> None:
