@@ -60,6 +60,8 @@ def read_yaml(path: Path, *, error: type[DataError] | type[InputError] = DataErr
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise error(str(path), f"cannot read file: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise error(str(path), f"not UTF-8 text (byte {exc.start})") from exc
     try:
         return load_yaml_text(text)
     except yaml.YAMLError as exc:

@@ -156,3 +156,10 @@ def test_unquoted_yaml_errors_name_the_field(
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1
     assert message in err
+
+
+def test_a_file_that_is_not_utf8(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    scenario = tmp_path / "s.yaml"
+    scenario.write_bytes(b"ruleset: \xff\xfe\n")
+    assert main(["evaluate", str(scenario)]) == 2
+    assert "s.yaml: not UTF-8 text (byte 9)" in capsys.readouterr().err

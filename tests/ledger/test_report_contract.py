@@ -188,26 +188,45 @@ def _event_kinds(db_url: str) -> list[str]:
         engine.dispose()
 
 
+SIZE_BOUNDS = [
+    ("devices[0].uuid", "G" * 129),
+    ("devices[0].serial", "S" * 129),
+    ("devices[0].name", "N" * 257),
+    ("agent_version", "v" * 129),
+    ("seq", 2**63),
+    ("devices[0].memory_total_bytes", 2**63),
+]
+
+
+def _with(path: str, value: Any) -> dict[str, Any]:
+    body = report(seq=3, n=1)
+    if path.startswith("devices[0]."):
+        body["devices"][0][path.removeprefix("devices[0].")] = value
+    else:
+        body[path] = value
+    return body
+
+
+@pytest.mark.parametrize(("path", "value"), SIZE_BOUNDS)
+def test_size_bounds_are_in_the_schema_and_the_ledger(path: str, value: Any) -> None:
+    body = _with(path, value)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(body, _schema())
+    with pytest.raises(ValidationError) as info:
+        Report.model_validate_json(json.dumps(body))
+    assert loc_path(info.value.errors()[0]["loc"]) == path
+
+
 @pytest.mark.parametrize(
     ("path", "value"),
     [
-        ("devices[0].uuid", "G" * 129),
-        ("devices[0].serial", "S" * 129),
-        ("devices[0].name", "N" * 257),
-        ("agent_version", "v" * 129),
-        ("seq", 2**63),
-        ("devices[0].memory_total_bytes", 2**63),
         ("collected_at", "2025-02-30T10:00:00Z"),
         ("collected_at", "2025-09-01T24:00:00Z"),
     ],
 )
 def test_the_ledger_bounds_beyond_the_schema(path: str, value: Any) -> None:
     """The only reports the schema allows and the ledger refuses: LEDGER_BOUNDS."""
-    body = report(seq=3, n=1)
-    if path.startswith("devices[0]."):
-        body["devices"][0][path.removeprefix("devices[0].")] = value
-    else:
-        body[path] = value
+    body = _with(path, value)
     jsonschema.validate(body, _schema())
     with pytest.raises(ValidationError) as info:
         Report.model_validate_json(json.dumps(body))
