@@ -21,7 +21,7 @@ from fractions import Fraction
 from typing import Any, Literal
 
 from gpucap.core.errors import InputError
-from gpucap.core.fleet import Fleet, Line, Site
+from gpucap.core.fleet import Fleet, Site
 from gpucap.core.ruleset import (
     ConsigneeAnnual,
     CountryAllocation,
@@ -33,17 +33,12 @@ from gpucap.core.ruleset import (
     Rule,
     RulePack,
 )
+from gpucap.core.siteparts import SiteMemo, SiteTotal, Tpp, fresh_parts
+from gpucap.core.siteparts import line_tpp as line_tpp  # re-exported: part of the engine's API
+
+__all__ = ["Check", "Evaluation", "RulesetState", "SiteMemo", "SiteTotal", "evaluate", "line_tpp"]
 
 Status = Literal["ok", "breach"]
-Tpp = int | Fraction  # an exact TPP figure: int when whole
-
-
-def line_tpp(line: Line) -> Tpp:
-    """Total TPP of a line, exact; an int when whole (much cheaper to add than a Fraction)."""
-    per = line.tpp_per_device
-    if per.denominator == 1:
-        return per.numerator * line.count
-    return per * line.count
 
 
 @dataclass(frozen=True)
@@ -62,20 +57,6 @@ class Check:
     limit_share: Fraction | None = None
     total_tpp: Fraction | None = None
     note: str | None = None
-
-
-@dataclass(frozen=True)
-class SiteTotal:
-    """What a site holds on the date: counted (controlled-class) TPP and devices, and the rest."""
-
-    id: str
-    entity: str
-    country: str
-    treated_as: str | None
-    tier: int
-    installed_tpp: Fraction
-    counted_devices: int
-    other_devices: int
 
 
 @dataclass(frozen=True)
@@ -108,45 +89,35 @@ class Evaluation:
 
 
 class _Context:
-    """Indexes of the fleet on one date, shared by the rule functions."""
+    """The fleet on one date, shared by the rule functions: registry indexes and site parts."""
 
-    def __init__(self, fleet: Fleet, pack: RulePack, as_of: date) -> None:
+    def __init__(self, fleet: Fleet, pack: RulePack, as_of: date, memo: SiteMemo | None) -> None:
         self.fleet, self.pack, self.as_of = fleet, pack, as_of
-        self.entities = {e.id: e for e in fleet.entities}
-        self.sites = {s.id: s for s in fleet.sites}
-        # Tiers per country code, not per site: 150 look-ups instead of 10,000s.
-        codes = {s.country for s in fleet.sites}
-        resolved = {c: pack.tiers.resolve(c) for c in codes}
-        tiers = {c: pack.tiers.tier(c, as_of) for c in codes}
-        self.country = {s.id: resolved[s.country] for s in fleet.sites}
-        self.tier = {s.id: tiers[s.country] for s in fleet.sites}
-        self.site_entity = {s.id: self.entities[s.entity] for s in fleet.sites}
-        # Counted lines (a controlled class, installed on or before the date) with their TPP.
-        counted_classes = pack.counted_classes
-        self.counted = [
-            (ln, line_tpp(ln))
-            for ln in fleet.lines
-            if ln.installed <= as_of and ln.eccn_class in counted_classes
-        ]
-        self.active_by_site: dict[str, Tpp] = defaultdict(int)
-        self.counted_by_country: dict[str, list[tuple[Line, Tpp]]] = defaultdict(list)
-        country, active = self.country, self.active_by_site
-        for ln, tpp in self.counted:
-            country_lines = self.counted_by_country[country[ln.site]]
-            country_lines.append((ln, tpp))
-            if ln.removed is None or ln.removed > as_of:
-                active[ln.site] += tpp
-        self.sites_by_entity: dict[str, list[Site]] = defaultdict(list)
-        self.sites_by_country: dict[str, list[Site]] = defaultdict(list)
-        for site in fleet.sites:
-            self.sites_by_entity[site.entity].append(site)
-            self.sites_by_country[self.country[site.id]].append(site)
+        if memo is None:
+            registry, parts = fresh_parts(fleet, pack, as_of)
+        else:
+            registry, parts = memo.parts(fleet, pack, as_of)
+        self.parts = parts
+        self.entities = registry.entities
+        self.sites = registry.sites
+        self.country = registry.country
+        self.tier = registry.tier
+        self.site_entity = registry.site_entity
+        self.sites_by_entity = registry.sites_by_entity
+        self.sites_by_country = registry.sites_by_country
+        self._countries_by_tier = registry.countries_by_tier
+        self.active_by_site: dict[str, Tpp] = {k: p.active_tpp for k, p in parts.items()}
+        # Each line-level rule's index among the rules of its kind (a site part's order).
+        self.rule_slot: dict[int, int] = {}
+        for kind in (CountryAllocation, ConsigneeAnnual):
+            for i, rule in enumerate(r for r in pack.rules if isinstance(r, kind)):
+                self.rule_slot[id(rule)] = i
 
     def sites_of(self, entity: str) -> list[Site]:
         return self.sites_by_entity.get(entity, [])
 
     def countries_with_sites(self, tier: int) -> list[str]:
-        return sorted({self.country[s.id] for s in self.fleet.sites if self.tier[s.id] == tier})
+        return self._countries_by_tier.get(tier, [])
 
     def active_tpp(self, sites: Iterable[Site]) -> Tpp:
         active = self.active_by_site
@@ -174,7 +145,6 @@ def _country_allocation(rule: CountryAllocation, ctx: _Context) -> list[Check]:
     checks = []
     exempt_uveu = "uveu" in rule.exempt_statuses
     exempt_nveu = "nveu_in_authorised_country" in rule.exempt_statuses
-    start, end = rule.window_start, rule.window_end
     for country in ctx.countries_with_sites(rule.tier):
         exempt: dict[str, bool] = {}  # per site of the country: its entity is exempt here
         for site in ctx.sites_by_country.get(country, ()):
@@ -182,12 +152,11 @@ def _country_allocation(rule: CountryAllocation, ctx: _Context) -> list[Check]:
             exempt[site.id] = (entity.status == "uveu" and exempt_uveu) or (
                 entity.status == "nveu" and exempt_nveu and country in entity.nveu_countries
             )
-        used: Tpp = 0
-        for ln, tpp in ctx.counted_by_country.get(country, ()):
-            if ln.basis in rule.exempt_bases or exempt[ln.site]:
-                continue
-            if start <= ln.installed <= end:
-                used += tpp  # removal does not give allocation back: it counts exports
+        slot = ctx.rule_slot[id(rule)]
+        used: Tpp = 0  # removal does not give allocation back: it counts exports
+        for site in ctx.sites_by_country.get(country, ()):
+            if not exempt[site.id]:
+                used += ctx.parts[site.id].window_tpp[slot]
         facts = ctx.fleet.countries.get(country)
         agreement = facts is not None and facts.gov_agreement
         limit = rule.limit_tpp * (rule.gov_agreement_multiplier if agreement else 1)
@@ -202,10 +171,11 @@ def _country_allocation(rule: CountryAllocation, ctx: _Context) -> list[Check]:
 
 
 def _consignee_annual(rule: ConsigneeAnnual, ctx: _Context) -> list[Check]:
+    slot = ctx.rule_slot[id(rule)]
     used: dict[tuple[str, int], Tpp] = defaultdict(int)
-    for ln, tpp in ctx.counted:
-        if ln.basis == rule.basis:
-            used[(ctx.sites[ln.site].entity, ln.installed.year)] += tpp
+    for site_id, part in ctx.parts.items():
+        for year, tpp in part.annual_tpp[slot].items():
+            used[(ctx.sites[site_id].entity, year)] += tpp
     return [
         _cap(rule, "cap", f"consignee:{entity}/year:{year}", tpp, rule.limit_tpp)
         for (entity, year), tpp in sorted(used.items())
@@ -370,35 +340,14 @@ def _ruleset_state(pack: RulePack, as_of: date, checks: list[Check]) -> RulesetS
     )
 
 
-def _site_totals(ctx: _Context, lines: Iterable[Line]) -> tuple[SiteTotal, ...]:
-    counted: dict[str, int] = defaultdict(int)
-    other: dict[str, int] = defaultdict(int)
-    for ln in lines:
-        if ln.installed > ctx.as_of or (ln.removed is not None and ln.removed <= ctx.as_of):
-            continue
-        if ln.eccn_class in ctx.pack.counted_classes:
-            counted[ln.site] += ln.count
-        else:
-            other[ln.site] += ln.count
-    return tuple(
-        SiteTotal(
-            id=s.id,
-            entity=s.entity,
-            country=s.country,
-            treated_as=ctx.country[s.id] if ctx.country[s.id] != s.country else None,
-            tier=ctx.tier[s.id],
-            installed_tpp=Fraction(ctx.active_by_site.get(s.id, 0)),
-            counted_devices=counted[s.id],
-            other_devices=other[s.id],
-        )
-        for s in ctx.fleet.sites
-    )
+def evaluate(fleet: Fleet, pack: RulePack, as_of: date, memo: SiteMemo | None = None) -> Evaluation:
+    """Apply every rule of `pack` to `fleet` on `as_of`.
 
-
-def evaluate(fleet: Fleet, pack: RulePack, as_of: date) -> Evaluation:
-    """Apply every rule of `pack` to `fleet` on `as_of`."""
+    `memo` (optional, the caller's) keeps per-site parts between calls so that only sites whose
+    lines changed are recomputed; the answer is the same with or without it.
+    """
     validate_fleet(fleet, pack, as_of)
-    ctx = _Context(fleet, pack, as_of)
+    ctx = _Context(fleet, pack, as_of, memo)
     checks: list[Check] = []
     for rule in pack.rules:
         checks.extend(_KINDS[type(rule)](rule, ctx))
@@ -407,5 +356,5 @@ def evaluate(fleet: Fleet, pack: RulePack, as_of: date) -> Evaluation:
         as_of=as_of,
         h100e_tpp=pack.h100e_tpp,
         checks=tuple(checks),
-        sites=_site_totals(ctx, fleet.lines),
+        sites=tuple(ctx.parts[s.id].total for s in fleet.sites),
     )
