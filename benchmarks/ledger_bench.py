@@ -48,7 +48,7 @@ from gpucap.core.ruleset import country_codes
 from gpucap.ledger import ingest, tokens
 from gpucap.ledger.app import headroom_answer
 from gpucap.ledger.models import Report
-from gpucap.ledger.service import Ledger
+from gpucap.ledger.service import Ledger, serving_policy
 from gpucap.ledger.settings import Settings
 from gpucap.ledger.store import Store
 from gpucap.ledger.tables import table
@@ -345,6 +345,7 @@ def bench_headroom(
             f"headroom on {label}: {total:,} GPUs, {n_sites:,} sites, {n_countries} countries "
             f"(seeded in {time.perf_counter() - t:.1f} s)"
         )
+        serving_policy(led)  # as `gpucap ledger serve` does after start-up
         admin = Principal("bench", "operator", operator="root")
         scoped = Principal("bench2", "operator", operator="ops", entity="ent-0010")
         day = date(2026, 1, 6).isoformat()

@@ -107,7 +107,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gpucap.ledger.app import create_app
-    from gpucap.ledger.service import Ledger
+    from gpucap.ledger.service import Ledger, serving_policy
     from gpucap.ledger.store import Store
 
     settings = _settings(
@@ -137,6 +137,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, reload)
+    serving_policy(ledger)
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, **options)
     finally:

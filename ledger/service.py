@@ -14,6 +14,7 @@ import threading
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, replace
 from datetime import date, datetime
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +23,13 @@ from sqlalchemy.engine import Connection
 
 from gpucap.core.catalogue import Catalogue, default_catalogue
 from gpucap.core.data import read_yaml
-from gpucap.core.engine import Evaluation, evaluate
+from gpucap.core.engine import Evaluation, SiteMemo, SiteTotal, evaluate
 from gpucap.core.errors import InputError
 from gpucap.core.fleet import Fleet, Line
-from gpucap.core.report import evaluation_to_dict
+from gpucap.core.report import evaluation_to_dict, site_to_dict
 from gpucap.core.ruleset import RulePack, load_ruleset
 from gpucap.exporters.snapshots import CapSample, LedgerSnapshot, SiteSample
-from gpucap.ledger import eventlog, ingest, reconcile, tokens
+from gpucap.ledger import eventlog, heap, ingest, reconcile, tokens
 from gpucap.ledger.errors import AuthError, UnavailableError
 from gpucap.ledger.models import Report
 from gpucap.ledger.settings import Settings
@@ -53,6 +54,13 @@ def registry_doc(path: Path, catalogue: Catalogue) -> Any:
     return doc
 
 
+def serving_policy(ledger: Ledger) -> None:
+    """What a long-lived serving process does after start-up (serve, its workers, and the
+    benchmark that stands in for them): freeze the start-up heap, and each cached evaluation."""
+    ledger.freeze_evaluations = True
+    heap.settle_startup()
+
+
 # The columns in `ObservedRow` order.
 _OBSERVED_SQL = (
     "SELECT site_id, model, tpp, eccn_class, installed, removed, count FROM inventory_line"
@@ -70,6 +78,37 @@ def _observed_rows(conn: Connection) -> list[ObservedRow]:
         return list(cur.fetchall())
     finally:
         cur.close()
+
+
+class SiteDocs:
+    """The JSON entries of the last document's sites, by the identity of their SiteTotal (the
+    engine's memo hands back the same SiteTotal for an unchanged site). Entries are shared
+    between documents and never modified."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._h100e_tpp: Fraction | None = None
+        self._entries: dict[int, tuple[SiteTotal, dict[str, Any]]] = {}
+
+    def entries(self, ev: Evaluation) -> list[dict[str, Any]]:
+        """`site_to_dict` of each of `ev.sites`, reusing the last document's where it can."""
+        with self._lock:
+            same = self._h100e_tpp == ev.h100e_tpp
+            known = self._entries if same else {}
+        out: list[dict[str, Any]] = []
+        used: dict[int, tuple[SiteTotal, dict[str, Any]]] = {}
+        for site in ev.sites:
+            hit = known.get(id(site))
+            # `known` holds its SiteTotals alive, so an id found there is that object's.
+            if hit is not None and hit[0] is site:
+                entry = hit[1]
+            else:
+                entry = site_to_dict(site, ev.h100e_tpp)
+            used[id(site)] = (site, entry)
+            out.append(entry)
+        with self._lock:
+            self._h100e_tpp, self._entries = ev.h100e_tpp, used
+        return out
 
 
 @dataclass(frozen=True)
@@ -99,6 +138,12 @@ class Ledger:
         # Engine lines of the last inventory read, by row content: a memo for the next read,
         # never a source (every evaluation reads all rows from the database).
         self._lines: dict[ObservedRow, Line] = {}
+        # `serving_policy` turns this on in serving processes (see heap.py); off in tests.
+        self.freeze_evaluations = False
+        # Per-site engine parts and document entries of the last evaluations: memos that let an
+        # evaluation after a small change recompute only the changed sites (never a source).
+        self._memo = SiteMemo()
+        self._site_docs: SiteDocs = SiteDocs()
         # Per-process counters (the Prometheus convention for counters; sum across processes).
         self.reports_total: Counter[str] = Counter()
         self.auth_refusals_total: Counter[str] = Counter()
@@ -203,8 +248,9 @@ class Ledger:
         self._lines = lines
         fleet = with_observed(registry, lines.values())
         pack = self.pack(fleet.ruleset)
-        ev = evaluate(fleet, pack, as_of)
-        view = View(ev, fleet, FleetIndex.of(fleet, pack.tiers.resolve), evaluation_to_dict(ev))
+        ev = evaluate(fleet, pack, as_of, self._memo)
+        doc = evaluation_to_dict(ev, self._site_docs.entries(ev))
+        view = View(ev, fleet, FleetIndex.of(fleet, pack.tiers.resolve), doc)
         with self._lock:
             # Versions only grow: an older version's views can never be asked for again, and
             # dropping them at once keeps the heap (and the garbage collector's passes) small.
@@ -213,6 +259,8 @@ class Ledger:
             self._evals[key] = view
             while len(self._evals) > _EVAL_CACHE:
                 self._evals.popitem(last=False)
+        if self.freeze_evaluations:
+            heap.settle_after_evaluation()
         return view
 
     # -- reconciliation -------------------------------------------------------------------

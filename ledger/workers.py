@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from gpucap.ledger.service import Ledger
+from gpucap.ledger.service import Ledger, serving_policy
 from gpucap.ledger.settings import Settings
 
 
@@ -96,7 +96,9 @@ def _worker(settings: Settings, sock: socket.socket, uvicorn_options: dict[str, 
         signal.signal(sig, signal.SIG_DFL)  # uvicorn installs its own while it serves
     store = Store.open(settings, migrate=False)
     try:
-        app = create_app(replace(settings, registry=None), Ledger(settings, store))
+        ledger = Ledger(settings, store)
+        app = create_app(replace(settings, registry=None), ledger)
+        serving_policy(ledger)
         uvicorn.Server(uvicorn.Config(app, **uvicorn_options)).run(sockets=[sock])
     finally:
         store.close()

@@ -77,8 +77,14 @@ def ordered_checks(checks: tuple[Check, ...] | list[Check]) -> list[Check]:
     return sorted(checks, key=lambda c: (c.status != "breach", c.rule, c.scope))
 
 
-def evaluation_to_dict(ev: Evaluation) -> dict[str, Any]:
-    """The `gpucap evaluate --format json` document."""
+def evaluation_to_dict(
+    ev: Evaluation, site_entries: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The `gpucap evaluate --format json` document.
+
+    `site_entries`: the `site_to_dict` of each of `ev.sites`, when the caller has them already
+    (the ledger reuses an unchanged site's entry from its previous document).
+    """
     state = ev.ruleset
     return {
         "ruleset": {
@@ -95,7 +101,9 @@ def evaluation_to_dict(ev: Evaluation) -> dict[str, Any]:
         "verdict": ev.verdict,
         "h100e_tpp": tpp_number(ev.h100e_tpp),
         "checks": [check_to_dict(c, ev.h100e_tpp) for c in ordered_checks(ev.checks)],
-        "sites": [site_to_dict(s, ev.h100e_tpp) for s in ev.sites],
+        "sites": site_entries
+        if site_entries is not None
+        else [site_to_dict(s, ev.h100e_tpp) for s in ev.sites],
     }
 
 

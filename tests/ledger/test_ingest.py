@@ -405,3 +405,34 @@ def test_as_of_dates_are_parsed_by_the_one_date_parser(ledger: Ledger, as_of: st
         WhatIf.model_validate_json(json.dumps({"as_of": as_of}))
     assert bad.value.errors()[0]["loc"] == ("as_of",)
     assert WhatIf.model_validate_json('{"as_of": "2025-09-01"}').as_of == date(2025, 9, 1)
+
+
+def test_documents_after_changes_equal_fresh_ones(ledger: Ledger, clock: Clock) -> None:
+    """The cached document (engine memo, reused site entries) equals one built from scratch
+    after every change, for every scope asked."""
+    from gpucap.core.engine import evaluate
+    from gpucap.ledger.views import filtered, parse_request_scope
+
+    day = date(2025, 12, 1)
+    steps = [
+        ("n1", "acme-ae-1", [device(i) for i in range(8)]),
+        ("n2", "nimbus-ae-1", [device(i, "n2") for i in range(4)]),
+        ("n1", "acme-ae-1", [device(i) for i in range(1, 9)]),  # one swapped
+        ("n3", "acme-us-1", [device(i, "n3") for i in range(16)]),
+        ("n2", "nimbus-ae-1", []),  # all gone
+        ("n1", "acme-ae-1", [device(i) for i in range(1, 9)]),  # unchanged
+    ]
+    seqs: dict[str, int] = {}
+    for node, site, devices in steps:
+        seqs[node] = seqs.get(node, 0) + 1
+        clock.moment = clock.moment.replace(day=clock.moment.day + 1)
+        outcome = ledger.ingest(rep(node=node, site=site, seq=seqs[node], devices=devices))
+        assert outcome.status == "accepted"
+        view = ledger.view(day)
+        fresh = evaluation_to_dict(evaluate(view.fleet, ledger.pack(view.fleet.ruleset), day))
+        assert view.doc == fresh
+        for scope in ("country:AE", "country:US", "entity:acme", "entity:nimbus", "site:acme-ae-1"):
+            requested = parse_request_scope(scope, view.index)
+            for entity in (None, "acme", "nimbus"):
+                got = filtered(view.doc, view.index, entity, requested)
+                assert got == filtered(fresh, view.index, entity, requested)
