@@ -25,7 +25,7 @@ from gpucap.core.catalogue import Catalogue, default_catalogue
 from gpucap.core.data import read_yaml
 from gpucap.core.engine import Evaluation, SiteMemo, SiteTotal, evaluate
 from gpucap.core.errors import InputError
-from gpucap.core.fleet import Fleet, Line
+from gpucap.core.fleet import Entity, Fleet, Line, Site
 from gpucap.core.report import evaluation_to_dict, site_to_dict
 from gpucap.core.ruleset import RulePack, load_ruleset
 from gpucap.exporters.snapshots import CapSample, LedgerSnapshot, SiteSample
@@ -144,6 +144,7 @@ class Ledger:
         # evaluation after a small change recompute only the changed sites (never a source).
         self._memo = SiteMemo()
         self._site_docs: SiteDocs = SiteDocs()
+        self._index: tuple[tuple[Site, ...], tuple[Entity, ...], RulePack, FleetIndex] | None = None
         # Per-process counters (the Prometheus convention for counters; sum across processes).
         self.reports_total: Counter[str] = Counter()
         self.auth_refusals_total: Counter[str] = Counter()
@@ -250,7 +251,7 @@ class Ledger:
         pack = self.pack(fleet.ruleset)
         ev = evaluate(fleet, pack, as_of, self._memo)
         doc = evaluation_to_dict(ev, self._site_docs.entries(ev))
-        view = View(ev, fleet, FleetIndex.of(fleet, pack.tiers.resolve), doc)
+        view = View(ev, fleet, self._fleet_index(fleet, pack), doc)
         with self._lock:
             # Versions only grow: an older version's views can never be asked for again, and
             # dropping them at once keeps the heap (and the garbage collector's passes) small.
@@ -262,6 +263,21 @@ class Ledger:
         if self.freeze_evaluations:
             heap.settle_after_evaluation()
         return view
+
+    def _fleet_index(self, fleet: Fleet, pack: RulePack) -> FleetIndex:
+        """The registry's look-ups, rebuilt only when the registry (its parsed tuples) or the
+        pack changed: they do not depend on the observed lines."""
+        cached = self._index
+        if (
+            cached is not None
+            and cached[0] is fleet.sites
+            and cached[1] is fleet.entities
+            and cached[2] is pack
+        ):
+            return cached[3]
+        index = FleetIndex.of(fleet, pack.tiers.resolve)
+        self._index = (fleet.sites, fleet.entities, pack, index)
+        return index
 
     # -- reconciliation -------------------------------------------------------------------
     def reconciliation(self) -> dict[str, Any]:
