@@ -34,7 +34,6 @@ from gpucap.ledger.tokens import Principal
 from gpucap.ledger.views import (
     FleetIndex,
     can_see,
-    filtered,
     parse_request_scope,
     require_visible,
     whatif_answer,
@@ -225,7 +224,7 @@ def headroom_answer(
     if scope:
         requested = parse_request_scope(scope, view.index)
         _visible(led, requested, principal, view.index)
-    return filtered(view.doc, view.index, principal.entity, requested)
+    return view.document.answer(principal.entity, requested)
 
 
 def _visible(

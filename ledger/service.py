@@ -14,7 +14,6 @@ import threading
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, replace
 from datetime import date, datetime
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +22,13 @@ from sqlalchemy.engine import Connection
 
 from gpucap.core.catalogue import Catalogue, default_catalogue
 from gpucap.core.data import read_yaml
-from gpucap.core.engine import Evaluation, SiteMemo, SiteTotal, evaluate
+from gpucap.core.engine import Evaluation, SiteMemo, evaluate
 from gpucap.core.errors import InputError
 from gpucap.core.fleet import Entity, Fleet, Line, Site
-from gpucap.core.report import evaluation_to_dict, site_to_dict
 from gpucap.core.ruleset import RulePack, load_ruleset
 from gpucap.exporters.snapshots import CapSample, LedgerSnapshot, SiteSample
 from gpucap.ledger import eventlog, heap, ingest, reconcile, tokens
+from gpucap.ledger.documents import Document, SiteDocs
 from gpucap.ledger.errors import AuthError, UnavailableError
 from gpucap.ledger.models import Report
 from gpucap.ledger.settings import Settings
@@ -80,45 +79,20 @@ def _observed_rows(conn: Connection) -> list[ObservedRow]:
         cur.close()
 
 
-class SiteDocs:
-    """The JSON entries of the last document's sites, by the identity of their SiteTotal (the
-    engine's memo hands back the same SiteTotal for an unchanged site). Entries are shared
-    between documents and never modified."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._h100e_tpp: Fraction | None = None
-        self._entries: dict[int, tuple[SiteTotal, dict[str, Any]]] = {}
-
-    def entries(self, ev: Evaluation) -> list[dict[str, Any]]:
-        """`site_to_dict` of each of `ev.sites`, reusing the last document's where it can."""
-        with self._lock:
-            same = self._h100e_tpp == ev.h100e_tpp
-            known = self._entries if same else {}
-        out: list[dict[str, Any]] = []
-        used: dict[int, tuple[SiteTotal, dict[str, Any]]] = {}
-        for site in ev.sites:
-            hit = known.get(id(site))
-            # `known` holds its SiteTotals alive, so an id found there is that object's.
-            if hit is not None and hit[0] is site:
-                entry = hit[1]
-            else:
-                entry = site_to_dict(site, ev.h100e_tpp)
-            used[id(site)] = (site, entry)
-            out.append(entry)
-        with self._lock:
-            self._h100e_tpp, self._entries = ev.h100e_tpp, used
-        return out
-
-
 @dataclass(frozen=True)
 class View:
-    """One cached evaluation: the engine's answer, its fleet, look-ups, and the JSON document."""
+    """One cached evaluation: the engine's answer, its fleet, look-ups, and the JSON document
+    (built in parts, as answers ask for them)."""
 
     evaluation: Evaluation
     fleet: Fleet
     index: FleetIndex
-    doc: dict[str, Any]
+    document: Document
+
+    @property
+    def doc(self) -> dict[str, Any]:
+        """The whole, unfiltered document."""
+        return self.document.full()
 
 
 class Ledger:
@@ -250,8 +224,8 @@ class Ledger:
         fleet = with_observed(registry, lines.values())
         pack = self.pack(fleet.ruleset)
         ev = evaluate(fleet, pack, as_of, self._memo)
-        doc = evaluation_to_dict(ev, self._site_docs.entries(ev))
-        view = View(ev, fleet, self._fleet_index(fleet, pack), doc)
+        index = self._fleet_index(fleet, pack)
+        view = View(ev, fleet, index, Document(ev, index, self._site_docs))
         with self._lock:
             # Versions only grow: an older version's views can never be asked for again, and
             # dropping them at once keeps the heap (and the garbage collector's passes) small.

@@ -90,20 +90,31 @@ class FleetIndex:
     entity_countries: Mapping[str, frozenset[str]]
     entities: frozenset[str]
     countries: Mapping[str, str]
+    # Positions in `fleet.sites` (the engine's `Evaluation.sites` order) for scoped documents.
+    site_pos: Mapping[str, int]
+    pos_by_country: Mapping[str, tuple[int, ...]]  # by resolved country
+    pos_by_entity: Mapping[str, tuple[int, ...]]
 
     @classmethod
     def of(cls, fleet: Fleet, resolve: Callable[[str], str]) -> FleetIndex:
         """`resolve` is the rule pack's `tiers.resolve` (territory -> the country it counts as)."""
         resolved = {c: resolve(c) for c in {s.country for s in fleet.sites}}
         by_entity: dict[str, set[str]] = {}
-        for s in fleet.sites:
+        at_country: dict[str, list[int]] = {}
+        of_entity: dict[str, list[int]] = {}
+        for i, s in enumerate(fleet.sites):
             by_entity.setdefault(s.entity, set()).update((s.country, resolved[s.country]))
+            at_country.setdefault(resolved[s.country], []).append(i)
+            of_entity.setdefault(s.entity, []).append(i)
         return cls(
             sites={s.id: s for s in fleet.sites},
             site_country={s.id: resolved[s.country] for s in fleet.sites},
             entity_countries={e: frozenset(c) for e, c in by_entity.items()},
             entities=frozenset(e.id for e in fleet.entities),
             countries={**{c: c for c in resolved.values()}, **resolved},
+            site_pos={s.id: i for i, s in enumerate(fleet.sites)},
+            pos_by_country={c: tuple(p) for c, p in at_country.items()},
+            pos_by_entity={e: tuple(p) for e, p in of_entity.items()},
         )
 
 

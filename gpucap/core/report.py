@@ -85,6 +85,17 @@ def evaluation_to_dict(
     `site_entries`: the `site_to_dict` of each of `ev.sites`, when the caller has them already
     (the ledger reuses an unchanged site's entry from its previous document).
     """
+    return {
+        **evaluation_head(ev),
+        "checks": [check_to_dict(c, ev.h100e_tpp) for c in ordered_checks(ev.checks)],
+        "sites": site_entries
+        if site_entries is not None
+        else [site_to_dict(s, ev.h100e_tpp) for s in ev.sites],
+    }
+
+
+def evaluation_head(ev: Evaluation) -> dict[str, Any]:
+    """The document's fields before `checks` and `sites`, in their order."""
     state = ev.ruleset
     return {
         "ruleset": {
@@ -100,10 +111,6 @@ def evaluation_to_dict(
         "as_of": ev.as_of.isoformat(),
         "verdict": ev.verdict,
         "h100e_tpp": tpp_number(ev.h100e_tpp),
-        "checks": [check_to_dict(c, ev.h100e_tpp) for c in ordered_checks(ev.checks)],
-        "sites": site_entries
-        if site_entries is not None
-        else [site_to_dict(s, ev.h100e_tpp) for s in ev.sites],
     }
 
 

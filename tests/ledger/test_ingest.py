@@ -430,9 +430,42 @@ def test_documents_after_changes_equal_fresh_ones(ledger: Ledger, clock: Clock) 
         assert outcome.status == "accepted"
         view = ledger.view(day)
         fresh = evaluation_to_dict(evaluate(view.fleet, ledger.pack(view.fleet.ruleset), day))
+        # Scoped answers first (built from parts, no whole document yet), then the whole one.
+        scopes = ("country:AE", "country:US", "entity:acme", "entity:nimbus", "site:acme-ae-1")
+        asked = [None, *(parse_request_scope(s, view.index) for s in scopes)]
+        for requested in asked:
+            for entity in (None, "acme", "nimbus"):
+                got = view.document.answer(entity, requested)
+                assert got == filtered(fresh, view.index, entity, requested), (entity, requested)
+                assert list(got) == list(fresh)  # the same keys in the same order
         assert view.doc == fresh
-        for scope in ("country:AE", "country:US", "entity:acme", "entity:nimbus", "site:acme-ae-1"):
-            requested = parse_request_scope(scope, view.index)
+        for requested in asked:
             for entity in (None, "acme", "nimbus"):
                 got = filtered(view.doc, view.index, entity, requested)
                 assert got == filtered(fresh, view.index, entity, requested)
+                assert view.document.answer(entity, requested) == got
+
+
+def test_scoped_answers_equal_filtered_documents_with_territories(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    """Scoped answers built from parts equal the whole document filtered, where a territory (HK)
+    answers for the country it is treated as (CN)."""
+    from gpucap.core.engine import evaluate
+    from gpucap.ledger.views import filtered, parse_request_scope
+    from tests.ledger.support import HK_REGISTRY
+
+    path = tmp_path / "hk.yaml"
+    path.write_text(HK_REGISTRY, encoding="utf-8")
+    ledger.load_registry_file(path)
+    ledger.ingest(rep(node="hk1", site="harbour-hk-1", n=4))
+    ledger.ingest(rep(node="sg1", site="harbour-sg-1", n=2))
+    day = date(2025, 9, 1)
+    view = ledger.view(day)
+    fresh = evaluation_to_dict(evaluate(view.fleet, ledger.pack(view.fleet.ruleset), day))
+    scopes = ("country:HK", "country:CN", "country:SG", "site:harbour-hk-1", "entity:harbour")
+    asked = [None, *(parse_request_scope(s, view.index) for s in scopes)]
+    for requested in asked:
+        for entity in (None, "acme", "harbour"):
+            got = view.document.answer(entity, requested)
+            assert got == filtered(fresh, view.index, entity, requested), (entity, requested)
