@@ -311,6 +311,8 @@ def _seed_fleet(led: Ledger, n_sites: int, gpus_per_site: int) -> int:
             )
             total += count
     with led.store.write() as (conn, state):
+        for row in rows:
+            row["version"] = state.projection_version + 1
         for i in range(0, len(rows), 5000):
             conn.execute(sa.insert(line_t), rows[i : i + 5000])
         conn.execute(

@@ -322,6 +322,8 @@ def _write_change(conn: Connection, state: State, change: Change) -> None:
     )
     line_t = table("inventory_line")
     if change.line_deltas:
+        # Rows carry the version this transaction bumps to; none is deleted (see InventoryLine).
+        version = state.projection_version + 1
         dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
         stmt = dialect.insert(line_t)
         for spec, delta in sorted(change.line_deltas.items()):
@@ -335,12 +337,13 @@ def _write_change(conn: Connection, state: State, change: Change) -> None:
                     installed=spec.installed,
                     removed=spec.removed or None,
                     count=delta,
+                    version=version,
                 ).on_conflict_do_update(
-                    index_elements=["key"], set_={"count": line_t.c.count + delta}
+                    index_elements=["key"],
+                    set_={"count": line_t.c.count + delta, "version": version},
                 )
             )
-        conn.execute(sa.delete(line_t).where(line_t.c.count <= 0))
-        bump(conn, projection_version=state.projection_version + 1)
+        bump(conn, projection_version=version)
 
 
 def _recorded_report(seq: int, body: str) -> Report:
@@ -358,8 +361,13 @@ def rebuild(store: Store, catalogue: Catalogue) -> int:
     """Drop every projection and replay the event log into it; returns the events replayed."""
     n = 0
     with store.write() as (conn, state):
-        for name in ("device", "inventory_line", "node", "registry"):
+        for name in ("device", "node", "registry"):
             conn.execute(sa.delete(table(name)))
+        # Lines are zeroed, not deleted, at the version the rebuild ends on: a reader holding an
+        # older version re-reads every row, and a line the replay no longer makes stays a
+        # tombstone, so that it is seen to be gone.
+        line_t = table("inventory_line")
+        conn.execute(sa.update(line_t).values(count=0, version=state.projection_version + 1))
         for row in list(eventlog.read_rows(conn)):
             body = json.loads(row.body)
             if row.kind == "registry":

@@ -48,8 +48,11 @@ def inventory_view(
     ]
     lines = [
         dict(r._mapping)
-        for r in conn.execute(sa.select(line).where(line.c.site_id == site).order_by(line.c.key))
+        for r in conn.execute(
+            sa.select(line).where(line.c.site_id == site, line.c.count > 0).order_by(line.c.key)
+        )
     ]
     for ln in lines:
         ln.pop("key", None)
+        ln.pop("version", None)
     return {"site": site, "devices_total": int(total), "devices": devices, "lines": lines}

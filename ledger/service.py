@@ -24,17 +24,18 @@ from gpucap.core.catalogue import Catalogue, default_catalogue
 from gpucap.core.data import read_yaml
 from gpucap.core.engine import Evaluation, SiteMemo, evaluate
 from gpucap.core.errors import InputError
-from gpucap.core.fleet import Entity, Fleet, Line, Site
+from gpucap.core.fleet import Entity, Fleet, Site
 from gpucap.core.ruleset import RulePack, load_ruleset
 from gpucap.exporters.snapshots import CapSample, LedgerSnapshot, SiteSample
 from gpucap.ledger import eventlog, heap, ingest, reconcile, tokens
 from gpucap.ledger.documents import Document, SiteDocs
 from gpucap.ledger.errors import AuthError, UnavailableError
+from gpucap.ledger.linecache import LineSet, read_lines
 from gpucap.ledger.models import Report
 from gpucap.ledger.settings import Settings
 from gpucap.ledger.store import Store
 from gpucap.ledger.tables import table
-from gpucap.ledger.views import FleetIndex, ObservedRow, observed_lines, with_observed
+from gpucap.ledger.views import FleetIndex, with_observed
 
 log = logging.getLogger("gpucap.ledger")
 _EVAL_CACHE = 8
@@ -58,25 +59,6 @@ def serving_policy(ledger: Ledger) -> None:
     benchmark that stands in for them): freeze the start-up heap, and each cached evaluation."""
     ledger.freeze_evaluations = True
     heap.settle_startup()
-
-
-# The columns in `ObservedRow` order.
-_OBSERVED_SQL = (
-    "SELECT site_id, model, tpp, eccn_class, installed, removed, count FROM inventory_line"
-)
-
-
-def _observed_rows(conn: Connection) -> list[ObservedRow]:
-    """Every `inventory_line` row as plain tuples, on the driver's cursor: SQLAlchemy's Row
-    costs more than SQLite's own work at 10,000s of rows (its equality is Python code)."""
-    dbapi = conn.connection.dbapi_connection
-    assert dbapi is not None  # a Connection inside read() always holds one
-    cur = dbapi.cursor()
-    try:
-        cur.execute(_OBSERVED_SQL)
-        return list(cur.fetchall())
-    finally:
-        cur.close()
 
 
 @dataclass(frozen=True)
@@ -109,9 +91,9 @@ class Ledger:
         self._sites = ingest.SiteCache()
         self._evals: OrderedDict[tuple[date, int], View] = OrderedDict()
         self._packs: dict[str, RulePack] = {}
-        # Engine lines of the last inventory read, by row content: a memo for the next read,
-        # never a source (every evaluation reads all rows from the database).
-        self._lines: dict[ObservedRow, Line] = {}
+        # Engine lines of the newest inventory read: a base that the next read patches with
+        # the rows written since, never a source (see linecache.py).
+        self._lineset: LineSet | None = None
         # `serving_policy` turns this on in serving processes (see heap.py); off in tests.
         self.freeze_evaluations = False
         # Per-site engine parts and document entries of the last evaluations: memos that let an
@@ -217,11 +199,16 @@ class Ledger:
             if hit is not None:
                 self._evals.move_to_end(key)
                 return hit
-        with self.store.read() as conn:
+        with self.store.snapshot() as conn:
             registry = self.registry(conn)
-            lines = observed_lines(_observed_rows(conn), self._lines)
-        self._lines = lines
-        fleet = with_observed(registry, lines.values())
+            lineset, _ = read_lines(conn, self._lineset)
+        with self._lock:
+            if self._lineset is None or self._lineset.version <= lineset.version:
+                self._lineset = lineset
+        # The version the lines were read at (a write may have landed since the first look).
+        version = lineset.version
+        key = (as_of, version)
+        fleet = with_observed(registry, lineset.lines.values())
         pack = self.pack(fleet.ruleset)
         ev = evaluate(fleet, pack, as_of, self._memo)
         index = self._fleet_index(fleet, pack)

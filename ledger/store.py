@@ -154,6 +154,22 @@ class Store:
         except sa.exc.OperationalError as exc:
             raise UnavailableError("db", f"database error: {exc.orig}") from exc
 
+    @contextmanager
+    def snapshot(self) -> Iterator[Connection]:
+        """A read transaction whose statements all see one snapshot: SQLite's read transaction,
+        PostgreSQL at REPEATABLE READ (its default, READ COMMITTED, sees each statement anew)."""
+        if self.is_sqlite:
+            with self.read() as conn:
+                yield conn
+            return
+        try:
+            with self.engine.connect() as conn:
+                conn.execution_options(isolation_level="REPEATABLE READ")
+                with conn.begin():
+                    yield conn
+        except sa.exc.OperationalError as exc:
+            raise UnavailableError("db", f"database error: {exc.orig}") from exc
+
     def state(self) -> State:
         """The current state row, read without the writer lock."""
         state_t = table("ledger_state")

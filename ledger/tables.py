@@ -75,7 +75,12 @@ class Device(SQLModel, table=True):
 
 
 class InventoryLine(SQLModel, table=True):
-    """Observed devices aggregated per (site, model, tpp, class, first seen, gone): engine lines."""
+    """Observed devices aggregated per (site, model, tpp, class, first seen, gone): engine lines.
+
+    `version` is the projection version that last wrote the row, so that a reader holding the
+    rows of version V reads only `version > V`. A line whose count reaches 0 stays, with count 0
+    (a tombstone that readers skip), so that such a read also sees what went away.
+    """
 
     __tablename__ = "inventory_line"
     key: str = Field(primary_key=True)
@@ -86,6 +91,7 @@ class InventoryLine(SQLModel, table=True):
     installed: str
     removed: str | None = None
     count: int = Field(sa_column=Column(BigInteger, nullable=False))
+    version: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, index=True))
 
 
 class Registry(SQLModel, table=True):
