@@ -26,42 +26,6 @@ from gpucap.ledger.models import Placement, WhatIf
 _ENTITY_KINDS = ("entity", "consignee")
 
 
-# A row of `inventory_line` as read for the engine, in this column order:
-# (site_id, model, tpp, eccn_class, installed, removed, count); dates as ISO text.
-ObservedRow = tuple[str, str | None, int, str, str, str | None, int]
-
-
-def observed_lines(
-    rows: Iterable[ObservedRow], known: Mapping[ObservedRow, Line]
-) -> dict[ObservedRow, Line]:
-    """Engine lines for observed rows with a positive count (`installed` = first seen).
-
-    `known` holds the lines of an earlier read: a row identical to one there maps to the same
-    (immutable) Line, so a re-read after a small change builds only the rows that changed.
-    """
-    out: dict[ObservedRow, Line] = {}
-    per_device: dict[int, Fraction] = {}
-    for row in rows:
-        line = known.get(row)
-        if line is None:
-            site_id, model, tpp, eccn_class, installed, removed, count = row
-            if count <= 0:
-                continue
-            if tpp not in per_device:
-                per_device[tpp] = Fraction(tpp)
-            line = Line(
-                site=site_id,
-                count=count,
-                tpp_per_device=per_device[tpp],
-                eccn_class=eccn_class,
-                installed=date.fromisoformat(installed),
-                removed=date.fromisoformat(removed) if removed else None,
-                model=model,
-            )
-        out[row] = line
-    return out
-
-
 def with_observed(registry: Fleet, observed: Iterable[Line]) -> Fleet:
     """The registry's fleet plus the observed lines."""
     return replace(registry, lines=registry.lines + tuple(observed))
