@@ -29,14 +29,22 @@ SHIPPED_RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
 Series = list[dict[str, Any]]
 
 
-def prometheus_binary() -> str:
-    """The prometheus path; skip without it unless CI=true, where its absence is a failure."""
-    path = shutil.which("prometheus")
+def required_binary(name: str) -> str:
+    """A binary of Debian's `prometheus` package; skip without it, fail under CI=true."""
+    path = shutil.which(name)
     if path is None:
         if in_ci():
-            pytest.fail("prometheus is required under CI=true (Debian package `prometheus`)")
-        pytest.skip("prometheus not installed")
+            pytest.fail(f"{name} is required under CI=true (Debian package `prometheus`)")
+        pytest.skip(f"{name} not installed")
     return path
+
+
+def prometheus_binary() -> str:
+    return required_binary("prometheus")
+
+
+def promtool() -> str:
+    return required_binary("promtool")
 
 
 @dataclass

@@ -5,13 +5,9 @@ A plain module (not a conftest) with a name unique across tests/, imported by th
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
-
-import pytest
 
 from gpucap.exporters.agent import AGENT_METRICS
 from gpucap.exporters.ledger import LEDGER_METRICS
@@ -37,16 +33,6 @@ _RANGE = re.compile(r"\[[^\[\]]*\]")
 _GROUPING = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)")
 _GRAFANA_VARS = re.compile(r"\$\{[^}]*\}|\$__\w+|\$\w+")
 _IDENT = re.compile(r"(?<![\w.:])([a-zA-Z_:][a-zA-Z0-9_:]*)(\s*\()?")
-
-
-def promtool() -> str:
-    """The promtool path; skip without it unless CI=true, where its absence is a failure."""
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("promtool is required under CI=true (Debian package `prometheus`)")
-        pytest.skip("promtool not installed")
-    return path
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -15,9 +15,9 @@ from tests.deploy.deploy_testkit import (
     KNOWN_SERIES,
     check_balanced,
     metric_names,
-    promtool,
     run,
 )
+from tests.promtest import promtool
 
 DASHBOARD = DEPLOY / "grafana" / "gpucap.json"
 _LABEL_VALUES = re.compile(r"^label_values\((?:(?P<metric>[^,()]+),\s*)?(?P<label>\w+)\)$")

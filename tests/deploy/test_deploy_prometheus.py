@@ -16,9 +16,9 @@ from tests.deploy.deploy_testkit import (
     KNOWN_SERIES,
     check_balanced,
     metric_names,
-    promtool,
     run,
 )
+from tests.promtest import promtool
 
 PROM = DEPLOY / "prometheus"
 ALERTS = PROM / "alerts.yml"

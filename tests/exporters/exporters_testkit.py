@@ -5,15 +5,14 @@ A plain module (not a conftest) with a name unique across tests/, imported by th
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import urllib.request
 from collections.abc import Iterable
 
-import pytest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.promtest import promtool
 
 
 def parse(text: str) -> dict[str, Metric]:
@@ -35,16 +34,6 @@ def scrape(url: str) -> tuple[str, str]:
     """GET a metrics URL; return (body, content type)."""
     with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (loopback URL we built)
         return response.read().decode(), response.headers["Content-Type"]
-
-
-def promtool() -> str:
-    """The promtool path; skip without it unless CI=true, where its absence is a failure."""
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("promtool is required under CI=true (Debian package `prometheus`)")
-        pytest.skip("promtool not installed")
-    return path
 
 
 def promtool_check_metrics(text: str) -> subprocess.CompletedProcess[str]:
