@@ -78,24 +78,13 @@ def _issue(db_url: str) -> tuple[dict[str, str], dict[str, str]]:
     return toks, ids
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'ledger.db'}"
-        return
-    base = pg_base_url()
-    assert base is not None
-    with pg_schema_url(base) as url:
-        yield url
-
-
 @pytest.fixture
-def ledger(backend: str, tmp_path: Path) -> Iterator[Ledger]:
+def ledger(db_url: str, tmp_path: Path) -> Iterator[Ledger]:
     registry = tmp_path / "registry.yaml"
     registry.write_text(REGISTRY, encoding="utf-8")
-    toks, ids = _issue(backend)
-    with ledger_server(backend, registry) as url:
-        yield Ledger(url, backend, toks, ids)
+    toks, ids = _issue(db_url)
+    with ledger_server(db_url, registry) as url:
+        yield Ledger(url, db_url, toks, ids)
 
 
 def check(answer: dict[str, Any], rule: str, scope: str) -> dict[str, Any]:
