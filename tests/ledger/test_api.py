@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -236,46 +237,20 @@ def test_operator_cli_headroom_and_whatif(ledger: Ledger) -> None:
     table = gpucap("headroom", "--ledger", ledger.url, env=env)
     assert table.returncode == 0
     assert "uveu_tier2_country_share" in table.stdout
-    yes = gpucap(
-        "whatif",
-        "--ledger",
-        ledger.url,
-        "--site",
-        "acme-ae-1",
-        "--model",
-        "h100-sxm5-80gb",
-        "--count",
-        "10",
-        env=env,
-    )
+
+    def whatif(model: str, count: int) -> subprocess.CompletedProcess[str]:
+        return gpucap(
+            "whatif", "--ledger", ledger.url, "--site", "acme-ae-1",
+            "--model", model, "--count", str(count), env=env,
+        )  # fmt: skip
+
+    yes = whatif("h100-sxm5-80gb", 10)
     assert yes.returncode == 0
     assert "allowed" in yes.stdout
-    no = gpucap(
-        "whatif",
-        "--ledger",
-        ledger.url,
-        "--site",
-        "acme-ae-1",
-        "--model",
-        "h100-sxm5-80gb",
-        "--count",
-        "500",
-        env=env,
-    )
+    no = whatif("h100-sxm5-80gb", 500)
     assert no.returncode == 1
     assert "NOT allowed" in no.stdout
-    bad = gpucap(
-        "whatif",
-        "--ledger",
-        ledger.url,
-        "--site",
-        "acme-ae-1",
-        "--model",
-        "nope",
-        "--count",
-        "1",
-        env=env,
-    )
+    bad = whatif("nope", 1)
     assert bad.returncode == 2
     assert "add[0].model" in bad.stderr
     denied = gpucap("headroom", "--ledger", ledger.url, "--scope", "entity:nimbus", env=env)
