@@ -12,7 +12,6 @@ import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from typing import Any
 
@@ -26,6 +25,7 @@ from gpucap.core.errors import GpucapError, InputError
 from gpucap.core.report import check_to_dict
 from gpucap.ledger import reconcile
 from gpucap.ledger.errors import AuthError, RejectedError, UnavailableError
+from gpucap.ledger.logapi import log_routes
 from gpucap.ledger.models import Report, WhatIf, loc_path
 from gpucap.ledger.service import Ledger
 from gpucap.ledger.settings import Settings
@@ -61,10 +61,6 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> FastAPI:
     """The application; the store opens (and migrates) and the registry loads at startup."""
     holder: dict[str, Ledger] = {}
     stop = threading.Event()
-    # Reports are written by one thread per process: writes serialise on the writer lock anyway,
-    # and a pool of threads queuing for it (and for the GIL between its SQLite calls) costs
-    # several times the write itself. Reads keep the shared thread pool.
-    writer: dict[str, ThreadPoolExecutor] = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -73,9 +69,9 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> FastAPI:
             store = await run_in_threadpool(Store.open, settings)
             led = Ledger(settings, store)
         holder["ledger"] = led
-        writer["ingest"] = ThreadPoolExecutor(1, thread_name_prefix="gpucap-ledger-writer")
         if settings.registry is not None:
             await run_in_threadpool(led.load_registry_file, settings.registry)
+        await run_in_threadpool(led.start)
         refresher = threading.Thread(target=_refresh_loop, args=(led, stop), daemon=True)
         refresher.start()
         _app.state.ledger = led
@@ -84,7 +80,7 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> FastAPI:
         finally:
             stop.set()
             refresher.join(timeout=5)
-            writer.pop("ingest").shutdown(wait=True)
+            await run_in_threadpool(led.stop)
             if ledger is None:
                 led.store.close()
 
@@ -109,7 +105,8 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> FastAPI:
         return JSONResponse({"detail": str(exc)}, 503)
 
     def operator(request: Request) -> Principal:
-        return get().authenticate(request.headers.get("authorization"), "operator")
+        """A reader: an operator (maybe entity-scoped) or an auditor."""
+        return get().authenticate(request.headers.get("authorization"), "operator", "auditor")
 
     @app.post("/v1/reports")
     async def post_report(request: Request) -> JSONResponse:
@@ -136,9 +133,7 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> FastAPI:
             )
             led.refuse(exc2)
             raise exc2
-        outcome = await asyncio.get_running_loop().run_in_executor(
-            writer["ingest"], led.ingest, report
-        )
+        outcome = await asyncio.wrap_future(led.submit(report))
         if outcome.status == "duplicate":
             return JSONResponse({"status": "duplicate"})
         return JSONResponse({"status": "accepted", "seq": outcome.seq})
@@ -189,6 +184,8 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> FastAPI:
             own = {s.id for s in fleet.sites if s.entity == principal.entity}
             found = reconcile.restrict(found, own)
         return found
+
+    app.include_router(log_routes(get, operator))
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

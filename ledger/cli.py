@@ -1,13 +1,15 @@
-"""`gpucap ledger serve|migrate|token|verify|rebuild|decommission`, `gpucap headroom`,
-`gpucap whatif`. Handlers import the web and database stacks lazily.
+"""`gpucap ledger serve|migrate|token|verify|rebuild|decommission|log-key`, `gpucap headroom`,
+`gpucap whatif`, `gpucap log verify`. Handlers import the web and database stacks lazily.
 
 Exit codes (see gpucap/cli.py): headroom 1 when a visible check is breached, whatif 1 when the
-change is not allowed; verify 3 when the chain is broken.
+change is not allowed; ledger verify 3 naming the first problem; log verify 1 when the log is
+inconsistent or a signature is bad, 3 when the ledger cannot be reached.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import sys
@@ -51,15 +53,30 @@ def register(subparsers: Any) -> None:
     token.add_argument("--site", help="site id the node reports for (node token)")
     token.add_argument("--operator", help="operator name (read token)")
     token.add_argument("--entity", help="limit an operator token to one entity's scopes")
+    token.add_argument("--auditor", metavar="NAME", help="auditor name (reads everything)")
     token.add_argument("--revoke", metavar="ID", help="revoke the token with this id")
+    token.add_argument("--by", default="cli", help="who issues or revokes it (recorded)")
     token.set_defaults(func=_token)
 
-    verify = sub.add_parser("verify", help="walk the event log's hash chain")
+    verify = sub.add_parser(
+        "verify", help="recompute the log's tree from its entries and check its checkpoints"
+    )
     db_flag(verify)
-    verify.add_argument("--expect-head", metavar="HASH", help="a head hash recorded earlier")
+    verify.add_argument(
+        "--projections",
+        action="store_true",
+        help="also replay the log into a scratch copy and compare the projections",
+    )
+    verify.add_argument(
+        "--key", help="verifier key to check signatures with (default: the ledger's own)"
+    )
     verify.set_defaults(func=_verify)
 
-    rebuild = sub.add_parser("rebuild", help="rebuild inventory projections from the event log")
+    log_key = sub.add_parser("log-key", help="print the log's verifier key")
+    db_flag(log_key)
+    log_key.set_defaults(func=_log_key)
+
+    rebuild = sub.add_parser("rebuild", help="rebuild inventory projections from the log")
     db_flag(rebuild)
     rebuild.set_defaults(func=_rebuild)
 
@@ -84,6 +101,19 @@ def register(subparsers: Any) -> None:
     whatif.add_argument("--as-of", help="date YYYY-MM-DD (default: today)")
     whatif.add_argument("--format", choices=("table", "json"), default="table")
     whatif.set_defaults(func=_whatif)
+
+    logp = subparsers.add_parser("log", help="verify a ledger's transparency log from outside")
+    logsub = logp.add_subparsers(dest="log_command", metavar="SUBCOMMAND", required=True)
+    lverify = logsub.add_parser("verify", help="check the signed checkpoint and its consistency")
+    lverify.add_argument("--ledger", required=True, help="ledger base URL")
+    lverify.add_argument("--key", required=True, help="the log's verifier key (NAME+ID+KEY)")
+    lverify.add_argument(
+        "--state", type=Path, help="directory of accepted checkpoints (kept between runs)"
+    )
+    lverify.add_argument(
+        "--entries", action="store_true", help="download every entry and recompute the root"
+    )
+    lverify.set_defaults(func=_log_verify)
 
 
 def _settings(args: argparse.Namespace, **more: Any) -> Any:
@@ -168,13 +198,26 @@ def _reload(led: Any, path: Path) -> None:
 def _migrate(args: argparse.Namespace) -> int:
     from gpucap.ledger.store import Store
 
-    store = Store.open(_settings(args), migrate=False)
+    settings = _settings(args)
+    store = Store.open(settings, migrate=False)
     try:
         head = store.migrate()
+        n = _integrate(store, settings)
     finally:
         store.close()
     print(f"database {store.safe_url} is at revision {head}")
+    if n:
+        print(f"{n} log entries integrated and signed")
     return 0
+
+
+def _integrate(store: Any, settings: Any) -> int:
+    """Sign what this command appended, at once (a serving ledger would within a second)."""
+    from gpucap.ledger import log
+    from gpucap.ledger.settings import utc_now
+
+    signer = log.load_signer(store, settings.log_origin, settings.log_key_file)
+    return log.integrate(store, signer, utc_now(), settings.log_checkpoint_keep_s)
 
 
 def _token(args: argparse.Namespace) -> int:
@@ -183,20 +226,32 @@ def _token(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     # The flags are checked before the database is opened: a usage error is exit 2 anywhere.
-    kind, subject = "operator", {"operator": args.operator, "entity": args.entity}
-    if args.node or args.site:
-        if args.operator or args.entity:
-            raise InputError("--operator", "give --node/--site or --operator, not both")
-        kind, subject = "node", {"node_id": args.node, "site_id": args.site}
+    kinds = {
+        "node": (args.node or args.site, {"node_id": args.node, "site_id": args.site}),
+        "operator": (
+            args.operator or args.entity,
+            {"operator": args.operator, "entity": args.entity},
+        ),
+        "auditor": (args.auditor, {"auditor": args.auditor}),
+    }
+    given = [k for k, (present, _s) in kinds.items() if present]
+    if len(given) > 1:
+        raise InputError("--" + given[1], "give one of --node/--site, --operator or --auditor")
+    kind = given[0] if given else "operator"
+    subject = kinds[kind][1]
     if not args.revoke:
         tokens.check_subject(kind, **subject)
     store = _store(args)
     try:
         if args.revoke:
-            tokens.revoke(store, args.revoke, utc_now())
+            tokens.revoke(store, args.revoke, utc_now(), by=args.by)
+            _integrate(store, settings)
             print(f"revoked {args.revoke}")
             return 0
-        token_id, token = tokens.issue(store, kind, utc_now(), settings.secret, **subject)
+        token_id, token = tokens.issue(
+            store, kind, utc_now(), settings.secret, by=args.by, **subject
+        )
+        _integrate(store, settings)
     finally:
         store.close()
     print(f"token id {token_id}", file=sys.stderr)
@@ -205,35 +260,49 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from gpucap.ledger import eventlog
-    from gpucap.ledger.errors import ChainBrokenError
+    from gpucap.core.catalogue import default_catalogue
+    from gpucap.ledger import log, logcheck, note, replay
 
+    settings = _settings(args)
     store = _store(args)
     try:
-        state = store.state()
-        with store.read() as conn:
-            head = eventlog.verify_rows(
-                eventlog.read_rows(conn), eventlog.Head(state.head_seq, state.head_hash)
-            )
+        signer = log.load_signer(store, settings.log_origin, settings.log_key_file)
+        verifier = note.parse_verifier_key(args.key or signer.verifier_key, "--key")
+        found = logcheck.verify_stored(store, verifier)
+        replayed = replay.compare(store, default_catalogue()) if args.projections else None
     finally:
         store.close()
-    if args.expect_head and args.expect_head not in (head.hash,):
-        raise ChainBrokenError(head.seq, f"head {head.hash} is not the expected {args.expect_head}")
-    print(f"ok: {head.seq} events verified")
-    print(f"head {head.seq} {head.hash}")
+    print(f"ok: {found.size} entries, their tree and {found.checkpoints} kept checkpoints verified")
+    if replayed is not None:
+        print(f"ok: projections equal a replay of {replayed} entries")
+    if found.pending:
+        print(f"{found.pending} entries appended but not yet integrated (signed within seconds)")
+    print(f"root {found.size} {base64.b64encode(found.root).decode()}")
+    return 0
+
+
+def _log_key(args: argparse.Namespace) -> int:
+    from gpucap.ledger import log
+
+    settings = _settings(args)
+    store = _store(args)
+    try:
+        print(log.load_signer(store, settings.log_origin, settings.log_key_file).verifier_key)
+    finally:
+        store.close()
     return 0
 
 
 def _rebuild(args: argparse.Namespace) -> int:
     from gpucap.core.catalogue import default_catalogue
-    from gpucap.ledger import ingest
+    from gpucap.ledger import replay
 
     store = _store(args)
     try:
-        n = ingest.rebuild(store, default_catalogue())
+        n = replay.rebuild(store, default_catalogue())
     finally:
         store.close()
-    print(f"rebuilt projections from {n} events")
+    print(f"rebuilt projections from {n} log entries")
     return 0
 
 
@@ -244,6 +313,7 @@ def _decommission(args: argparse.Namespace) -> int:
     store = _store(args)
     try:
         n = ingest.decommission(store, args.node, utc_now(), f"operator:{args.by}")
+        _integrate(store, _settings(args))
     finally:
         store.close()
     print(f"node {args.node} decommissioned; {n} devices closed")
@@ -308,3 +378,31 @@ def _whatif(args: argparse.Namespace) -> int:
             )
         print(checks_table(answer["after"]))
     return 0 if answer["allowed"] else 1
+
+
+def _log_verify(args: argparse.Namespace) -> int:
+    from gpucap.ledger import auditor, note
+    from gpucap.ledger.client import LedgerClient, base_url
+    from gpucap.ledger.errors import VerificationError
+
+    base_url(args.ledger, "--ledger")
+    key = note.parse_verifier_key(args.key, "--key")
+    token = os.environ.get("GPUCAP_TOKEN")
+    if not token:
+        raise InputError("GPUCAP_TOKEN", "set it to an auditor or operator token")
+    client = LedgerClient(args.ledger, token)
+    try:
+        outcome = auditor.verify(client.fetch, key, args.state, args.entries)
+    except VerificationError as exc:
+        print(f"gpucap: log inconsistent: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    root = base64.b64encode(outcome.root).decode()
+    if outcome.previous_size is None:
+        print(f"ok: checkpoint {outcome.size} {root} signed by {key.name}")
+    else:
+        print(f"ok: checkpoint {outcome.size} {root} extends {outcome.previous_size}")
+    if args.entries:
+        print(f"ok: {outcome.entries_checked} entries make the checkpoint's root")
+    return 0

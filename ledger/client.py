@@ -66,6 +66,21 @@ class LedgerClient:
             raise UnavailableError("ledger", f"cannot reach {self._http.base_url}: {exc}") from exc
         return self._answer(response)
 
+    def fetch(self, path: str, params: dict[str, int] | None = None) -> Any:
+        """GET `path`: its text for text/plain answers, else its JSON."""
+        try:
+            response = self._http.get(path, params=params)
+        except httpx.HTTPError as exc:
+            raise UnavailableError("ledger", f"cannot reach {self._http.base_url}: {exc}") from exc
+        if response.status_code < 400 and response.headers.get("content-type", "").startswith(
+            "text/plain"
+        ):
+            return response.text
+        try:
+            return self._answer(response)
+        except ValueError:  # a JSON answer that is not JSON
+            raise UnavailableError("ledger", f"{path}: the answer is not JSON") from None
+
     def headroom(self, scope: str | None = None, as_of: str | None = None) -> dict[str, Any]:
         params = {k: v for k, v in {"scope": scope, "as_of": as_of}.items() if v}
         result: dict[str, Any] = self._call("GET", "/v1/headroom", params=params)

@@ -5,11 +5,14 @@
     │   └── RejectedError          a report failed validation; nothing was written (HTTP 422)
     └── LedgerError                 an operational failure of the ledger (CLI exit 3)
         ├── AuthError               a request was refused (HTTP 401 / 403, see `status_code`)
-        ├── ChainBrokenError             `verify` found an altered, deleted or inserted event row
+        ├── LogBrokenError          `ledger verify` found a stored entry, tree node, checkpoint
+        │                           or projection row that does not follow from the log
+        ├── VerificationError       a proof, checkpoint signature or consistency check failed
+        │                           (`gpucap log verify` exit 1: the log's answer is wrong)
         └── UnavailableError       the ledger's database or HTTP API cannot be reached
 
 The API maps these to HTTP status in `app.py` only; the CLI maps them to exit codes in
-`gpucap/cli.py` only.
+`gpucap/cli.py` only (`log verify` turns VerificationError into its documented exit 1).
 """
 
 from __future__ import annotations
@@ -35,12 +38,16 @@ class AuthError(LedgerError):
         self.detail = detail
 
 
-class ChainBrokenError(LedgerError):
-    """The event log's hash chain does not verify; `seq` names the first bad row."""
+class LogBrokenError(LedgerError):
+    """The stored log does not verify; `where` names the first bad entry, node or row."""
 
-    def __init__(self, seq: int, reason: str) -> None:
-        self.seq = seq
-        super().__init__(f"event[{seq}]", reason)
+    def __init__(self, where: str, reason: str) -> None:
+        self.where = where
+        super().__init__(where, reason)
+
+
+class VerificationError(LedgerError):
+    """A Merkle proof, a signed note or a consistency check does not verify."""
 
 
 class UnavailableError(LedgerError):

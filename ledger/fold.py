@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from gpucap.core.catalogue import Catalogue
-from gpucap.ledger.eventlog import canonical
+from gpucap.ledger.log import canonical
 from gpucap.ledger.models import ReportedDevice
 
 # The agent rounds TPP for display; a difference below this (in TPP per device) is not a mismatch.

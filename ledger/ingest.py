@@ -1,30 +1,34 @@
-"""The write paths: reports, registry changes, decommissions, and rebuilding projections.
+"""The write paths: reports (in batches), registry changes and decommissions.
 
-Each runs in one `Store.write()` transaction: the projections change and the event is appended
-together, or nothing is written. A report is a compare-and-set on its node's last `seq` under
-the ledger-wide writer lock, so the same report from two processes is accepted exactly once.
+A report whose devices are unchanged is a heartbeat: one compare-and-set on its node's row
+(`last_seq < seq`, same devices digest, same site, not decommissioned, already present today)
+that advances `last_seq`/`last_seen` and appends nothing. Anything else takes the slow path,
+which locks the node row and decides: a duplicate (seq not above `last_seq`), a refusal, the
+day's first report (one `presence` entry), or a changed inventory (the projections change and
+one `report` entry is appended, in the same transaction). Several reports share one
+transaction (`ingest_batch`, fed by the group committer); a report that is refused changes
+nothing, because every check runs before its first write.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
 import sqlalchemy as sa
-from pydantic import ValidationError
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from gpucap.core.catalogue import Catalogue
+from gpucap.core.errors import GpucapError
 from gpucap.core.fleet import Fleet
 from gpucap.core.scenario import parse_scenario
-from gpucap.ledger import eventlog
-from gpucap.ledger.errors import LedgerError, RejectedError
-from gpucap.ledger.eventlog import Head, canonical
+from gpucap.ledger import log
+from gpucap.ledger.errors import RejectedError, UnavailableError
 from gpucap.ledger.fold import (
     Change,
     DeviceFacts,
@@ -34,23 +38,29 @@ from gpucap.ledger.fold import (
     fold_report,
     resolve,
 )
-from gpucap.ledger.models import Report, loc_path
+from gpucap.ledger.models import Report
 from gpucap.ledger.settings import iso_instant
-from gpucap.ledger.store import HotSql, State, Store, bump
+from gpucap.ledger.store import HotSql, Store, bump_projection, projection_version
 from gpucap.ledger.tables import table
 
-_SELECT_NODE = HotSql(
-    "SELECT node_id, site_id, last_seq, devices_digest, decommissioned_on FROM node "
-    "WHERE node_id = :node_id"
+_HEARTBEAT = HotSql(
+    "UPDATE node SET last_seq = :seq, last_seen = :now, agent_version = :agent_version "
+    "WHERE node_id = :node_id AND last_seq < :seq AND devices_digest = :digest "
+    "AND site_id = :site_id AND decommissioned_on IS NULL AND presence_day = :day"
 )
+_NODE_SQL = (
+    "SELECT node_id, site_id, last_seq, devices_digest, decommissioned_on, presence_day "
+    "FROM node WHERE node_id = :node_id"
+)
+_SELECT_NODE = {True: HotSql(_NODE_SQL), False: HotSql(_NODE_SQL + " FOR UPDATE")}
 _UPDATE_NODE = HotSql(
-    "UPDATE node SET last_seq = :last_seq, last_seen = :last_seen, "
-    "devices_digest = :devices_digest, agent_version = :agent_version WHERE node_id = :node_id"
+    "UPDATE node SET last_seq = :seq, last_seen = :now, devices_digest = :digest, "
+    "agent_version = :agent_version, presence_day = :day WHERE node_id = :node_id"
 )
 _INSERT_NODE = HotSql(
     "INSERT INTO node (node_id, site_id, last_seq, first_seen, last_seen, devices_digest, "
-    "decommissioned_on, agent_version) VALUES (:node_id, :site_id, :last_seq, :last_seen, "
-    ":last_seen, :devices_digest, NULL, :agent_version)"
+    "presence_day, decommissioned_on, agent_version) VALUES (:node_id, :site_id, :seq, :now, "
+    ":now, :digest, :day, NULL, :agent_version) ON CONFLICT (node_id) DO NOTHING"
 )
 _SELECT_REGISTRY_DIGEST = HotSql("SELECT digest FROM registry")
 
@@ -63,11 +73,7 @@ class NodeRow(NamedTuple):
     last_seq: int
     devices_digest: str
     decommissioned_on: str | None
-
-
-def node_row(conn: Connection, node_id: str) -> NodeRow | None:
-    row = _SELECT_NODE.one(conn, {"node_id": node_id})
-    return None if row is None else NodeRow(*row)
+    presence_day: str
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,41 @@ class Outcome:
 
     status: Literal["accepted", "duplicate"]
     seq: int
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A report checked on its own and resolved against the catalogue (no database needed)."""
+
+    report: Report
+    facts: tuple[DeviceFacts, ...]
+    digest: str
+
+
+def prepare(report: Report, catalogue: Catalogue) -> Prepared:
+    """RejectedError for a report inconsistent in itself; else its resolved facts."""
+    report.check_consistent()
+    facts = tuple(resolve(d, catalogue) for d in report.devices)
+    return Prepared(report, facts, digest(facts))
+
+
+class Txn:
+    """One write transaction: its connection, and the projection version it took (at most one
+    per transaction, taken when the first projection row changes)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.version: int | None = None
+        self.appended = 0  # log entries appended
+
+    def new_version(self) -> int:
+        if self.version is None:
+            self.version = bump_projection(self.conn)
+        return self.version
+
+    def append(self, kind: str, actor: str, body: Any, recorded_at: str) -> None:
+        log.append(self.conn, kind, actor, body, recorded_at)
+        self.appended += 1
 
 
 def registry_sites(conn: Connection) -> dict[str, str] | None:
@@ -88,134 +129,164 @@ def registry_sites(conn: Connection) -> dict[str, str] | None:
 
 
 class SiteCache:
-    """site id -> entity of the registry, kept across reports and checked under the writer lock.
+    """site id -> entity of the registry, kept across batches of one process.
 
-    Every registry change bumps `projection_version` in the same transaction, so while the
-    version a write transaction finds is the one last checked, the cached sites are current;
-    when it moved, one small SELECT of the registry digest says whether to re-read the document.
-    Only touched inside write transactions, which the writer lock serialises.
+    Every registry change bumps `projection_version` in its transaction, so while the version
+    a batch reads is the one last checked, the cached sites are current; when it moved, one
+    small SELECT of the registry digest says whether to re-read the document. Only the group
+    committer's thread touches it.
     """
 
     def __init__(self) -> None:
         self._state: tuple[int, str | None, Mapping[str, str]] = (-1, None, {})
 
-    def sites(self, conn: Connection, state: State) -> Mapping[str, str]:
-        version, digest, sites = self._state
-        if state.projection_version != version:
+    def sites(self, conn: Connection) -> Mapping[str, str]:
+        version = projection_version(conn)
+        seen, digest_seen, sites = self._state
+        if version != seen:
             row = _SELECT_REGISTRY_DIGEST.one(conn)
             current = None if row is None else row[0]
-            if current != digest or current is None:
+            if current != digest_seen or current is None:
                 sites = registry_sites(conn) or {}
-            self._state = (state.projection_version, current, sites)
+            self._state = (version, current, sites)
         return sites
 
 
-def ingest_report(
-    store: Store,
-    report: Report,
-    catalogue: Catalogue,
-    now: datetime,
-    sites: SiteCache | None = None,
-) -> Outcome:
-    """Validate against the ledger's state and store one report; see the module docstring.
+Result = Outcome | GpucapError
 
-    `sites` keeps the registry's sites between reports (the caller's, one per process); without
-    it the registry is read in this transaction.
+
+def ingest_batch(
+    store: Store, batch: Sequence[Prepared], now: datetime, sites: SiteCache
+) -> tuple[list[Result], int]:
+    """Store a batch of reports in one transaction: (one result per report, entries appended).
+
+    When the transaction fails as a whole (a deadlock between processes, a lost connection),
+    each report is retried alone, so that one cannot fail the others.
     """
-    report.check_consistent()
-    facts = [resolve(d, catalogue) for d in report.devices]
-    cache = sites or SiteCache()
-    with store.write() as (conn, state):
-        node = node_row(conn, report.node_id)
-        if node is not None and report.seq <= node.last_seq:
-            return Outcome("duplicate", report.seq)
-        if report.site_id not in cache.sites(conn, state):
-            raise RejectedError("site_id", f"no site {report.site_id!r} in the registry")
-        if node is not None and node.decommissioned_on is not None:
-            raise RejectedError(
-                "node_id",
-                f"node {report.node_id!r} was decommissioned on {node.decommissioned_on}; "
-                "a node id is never reused: enrol the machine under a new node id",
-            )
-        if node is not None and node.site_id != report.site_id:
-            raise RejectedError(
-                "site_id",
-                f"node {report.node_id!r} reports for site {node.site_id!r}; "
-                "decommission it before moving it",
-            )
-        body = report.model_dump(mode="json", by_alias=True)
-        recorded_at = iso_instant(now)
-        apply_report(conn, state, report, facts, recorded_at, node)
-        eventlog.append(
-            conn,
-            Head(state.head_seq, state.head_hash),
-            "report",
-            f"node:{report.node_id}",
-            body,
-            recorded_at,
-        )
-    return Outcome("accepted", report.seq)
+    recorded_at = iso_instant(now)
+    try:
+        with store.write() as conn:
+            txn = Txn(conn)
+            known = sites.sites(conn)
+            results = [_one(txn, p, known, recorded_at, store.is_sqlite) for p in batch]
+        return results, txn.appended
+    except (sa.exc.DBAPIError, UnavailableError) as exc:
+        if len(batch) == 1:
+            return [_unavailable(exc)], 0
+    results, appended = [], 0
+    for p in batch:
+        one, n = ingest_batch(store, [p], now, sites)
+        results += one
+        appended += n
+    return results, appended
 
 
-def apply_report(
-    conn: Connection,
-    state: State,
-    report: Report,
-    facts: list[DeviceFacts],
-    recorded_at: str,
-    node: NodeRow | None,
-) -> None:
-    """Fold a report into the projections (shared by ingest and rebuild)."""
-    new_digest = digest(facts)
-    values = {
-        "node_id": report.node_id,
-        "last_seq": report.seq,
-        "last_seen": recorded_at,
-        "devices_digest": new_digest,
-        "agent_version": report.agent_version,
+def _unavailable(exc: Exception) -> UnavailableError:
+    if isinstance(exc, UnavailableError):
+        return exc
+    orig = getattr(exc, "orig", exc)
+    return UnavailableError("db", f"database error: {orig}")
+
+
+def _one(
+    txn: Txn, p: Prepared, sites: Mapping[str, str], recorded_at: str, is_sqlite: bool
+) -> Result:
+    r = p.report
+    day = recorded_at[:10]
+    params = {
+        "node_id": r.node_id,
+        "site_id": r.site_id,
+        "seq": r.seq,
+        "now": recorded_at,
+        "digest": p.digest,
+        "agent_version": r.agent_version,
+        "day": day,
     }
+    if r.site_id in sites and _HEARTBEAT.run(txn.conn, params) == 1:
+        return Outcome("accepted", r.seq)
+    row = _SELECT_NODE[is_sqlite].one(txn.conn, {"node_id": r.node_id})
+    node = None if row is None else NodeRow(*row)
+    try:
+        _check(node, r, sites)
+    except RejectedError as exc:
+        return exc
+    if node is not None and r.seq <= node.last_seq:
+        return Outcome("duplicate", r.seq)
     if node is None:
-        _INSERT_NODE.run(conn, {"site_id": report.site_id, **values})
+        if _INSERT_NODE.run(txn.conn, params) == 0:  # another process enrolled it just now
+            return _one(txn, p, sites, recorded_at, is_sqlite)
+    elif node.devices_digest == p.digest:  # the day's first report: evidence of presence
+        _UPDATE_NODE.run(txn.conn, params)
+        body = {"node_id": r.node_id, "site_id": r.site_id, "seq": r.seq, "devices": p.digest}
+        txn.append("presence", f"node:{r.node_id}", body, recorded_at)
+        return Outcome("accepted", r.seq)
     else:
-        _UPDATE_NODE.run(conn, values)
-    if node is not None and node.devices_digest == new_digest:
-        return  # unchanged inventory: nothing else to touch (the common case)
-    existing = _devices(conn, report.node_id)
-    change = fold_report(report.node_id, report.site_id, existing, facts, recorded_at[:10])
-    _write_change(conn, state, change)
+        _UPDATE_NODE.run(txn.conn, params)
+    apply_devices(txn, r.node_id, r.site_id, p.facts, day, existing=node is not None)
+    body = r.model_dump(mode="json", by_alias=True)
+    txn.append("report", f"node:{r.node_id}", body, recorded_at)
+    return Outcome("accepted", r.seq)
+
+
+def _check(node: NodeRow | None, r: Report, sites: Mapping[str, str]) -> None:
+    """Refusals, in the order a user expects them (a duplicate is never refused)."""
+    if node is not None and r.seq <= node.last_seq:
+        return
+    if r.site_id not in sites:
+        raise RejectedError("site_id", f"no site {r.site_id!r} in the registry")
+    if node is not None and node.decommissioned_on is not None:
+        raise RejectedError(
+            "node_id",
+            f"node {r.node_id!r} was decommissioned on {node.decommissioned_on}; "
+            "a node id is never reused: enrol the machine under a new node id",
+        )
+    if node is not None and node.site_id != r.site_id:
+        raise RejectedError(
+            "site_id",
+            f"node {r.node_id!r} reports for site {node.site_id!r}; "
+            "decommission it before moving it",
+        )
+
+
+def apply_devices(
+    txn: Txn,
+    node_id: str,
+    site_id: str,
+    facts: Sequence[DeviceFacts],
+    day: str,
+    *,
+    existing: bool = True,
+) -> None:
+    """Fold a node's reported devices into the device rows and inventory lines."""
+    rows = _devices(txn.conn, node_id) if existing else {}
+    _write_change(txn, fold_report(node_id, site_id, rows, facts, day))
 
 
 def decommission(store: Store, node_id: str, now: datetime, actor: str) -> int:
     """Close a node: its devices stop counting for installed-base rules from today."""
     node_t = table("node")
     recorded_at = iso_instant(now)
-    with store.write() as (conn, state):
-        node = conn.execute(sa.select(node_t).where(node_t.c.node_id == node_id)).first()
+    with store.write() as conn:
+        txn = Txn(conn)
+        query = sa.select(node_t).where(node_t.c.node_id == node_id)
+        node = conn.execute(query if store.is_sqlite else query.with_for_update()).first()
         if node is None:
             raise RejectedError("node", f"no node {node_id!r} has reported")
         if node.decommissioned_on is not None:
             raise RejectedError("node", f"node {node_id!r} was decommissioned already")
-        n = apply_decommission(conn, state, node_id, recorded_at)
-        eventlog.append(
-            conn,
-            Head(state.head_seq, state.head_hash),
-            "decommission",
-            actor,
-            {"node_id": node_id, "on": recorded_at[:10]},
-            recorded_at,
-        )
+        n = apply_decommission(txn, node_id, recorded_at[:10])
+        txn.append("decommission", actor, {"node_id": node_id, "on": recorded_at[:10]}, recorded_at)
     return n
 
 
-def apply_decommission(conn: Connection, state: State, node_id: str, recorded_at: str) -> int:
+def apply_decommission(txn: Txn, node_id: str, on: str) -> int:
     node_t = table("node")
-    conn.execute(
-        sa.update(node_t)
-        .where(node_t.c.node_id == node_id)
-        .values(decommissioned_on=recorded_at[:10])
+    txn.conn.execute(
+        sa.update(node_t).where(node_t.c.node_id == node_id).values(decommissioned_on=on)
     )
-    change = fold_decommission(_devices(conn, node_id), recorded_at[:10])
-    _write_change(conn, state, change)
+    change = fold_decommission(_devices(txn.conn, node_id), on)
+    _write_change(txn, change)
+    txn.new_version()  # a decommission changes what reconciliation and the metrics see
     return len(change.rows)
 
 
@@ -226,37 +297,32 @@ def load_registry_doc(doc: Any, origin: str, catalogue: Catalogue) -> Fleet:
 
 def set_registry(store: Store, doc: Any, origin: str, now: datetime, actor: str) -> bool:
     """Record a registry document if it differs from the current one; True if it changed."""
-    text = canonical(doc)
+    text = log.canonical(doc)
     new_digest = hashlib.sha256(text.encode()).hexdigest()
     recorded_at = iso_instant(now)
-    with store.write() as (conn, state):
+    with store.write() as conn:
+        txn = Txn(conn)
         current = conn.execute(sa.select(table("registry").c.digest)).scalar_one_or_none()
         if current == new_digest:
             return False
-        apply_registry(conn, state, json.loads(text), origin, recorded_at)
-        eventlog.append(
-            conn,
-            Head(state.head_seq, state.head_hash),
-            "registry",
-            actor,
-            {"origin": origin, "doc": json.loads(text), "previous_digest": current},
-            recorded_at,
-        )
+        apply_registry(txn, json.loads(text), origin, recorded_at)
+        body = {"origin": origin, "doc": json.loads(text), "previous_digest": current}
+        txn.append("registry", actor, body, recorded_at)
     return True
 
 
-def apply_registry(conn: Connection, state: State, doc: Any, origin: str, recorded_at: str) -> None:
+def apply_registry(txn: Txn, doc: Any, origin: str, recorded_at: str) -> None:
     reg_t = table("registry")
-    text = canonical(doc)
+    text = log.canonical(doc)
     values = {
         "digest": hashlib.sha256(text.encode()).hexdigest(),
         "doc": text,
         "origin": origin,
         "loaded_at": recorded_at,
     }
-    conn.execute(sa.delete(reg_t))
-    conn.execute(sa.insert(reg_t).values(id=1, **values))
-    bump(conn, projection_version=state.projection_version + 1)
+    txn.conn.execute(sa.delete(reg_t))
+    txn.conn.execute(sa.insert(reg_t).values(id=1, **values))
+    txn.new_version()
 
 
 def _devices(conn: Connection, node_id: str) -> dict[str, DeviceRow]:
@@ -285,100 +351,57 @@ def _devices(conn: Connection, node_id: str) -> dict[str, DeviceRow]:
     }
 
 
-def _upsert(conn: Connection, name: str, keys: list[str], rows: list[dict[str, Any]]) -> None:
-    t = table(name)
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(t)
-    update = {c.name: stmt.excluded[c.name] for c in t.columns if c.name not in keys}
-    conn.execute(stmt.on_conflict_do_update(index_elements=keys, set_=update), rows)
+def _dialect(conn: Connection) -> Any:
+    return postgresql if conn.dialect.name == "postgresql" else sqlite
 
 
-def _write_change(conn: Connection, state: State, change: Change) -> None:
+def _write_change(txn: Txn, change: Change) -> None:
     if change.empty:
         return
-    _upsert(
-        conn,
-        "device",
-        ["node_id", "uuid"],
-        [
-            {
-                "node_id": r.node_id,
-                "uuid": r.facts.uuid,
-                "site_id": r.site_id,
-                "model": r.facts.model,
-                "pci_device_id": r.facts.pci_device_id,
-                "name": r.facts.name,
-                "tpp": r.facts.tpp,
-                "eccn_class": r.facts.eccn_class,
-                "agent_tpp": r.facts.agent_tpp,
-                "tpp_mismatch": r.facts.tpp_mismatch,
-                "state": r.facts.state,
-                "first_seen": r.first_seen,
-                "gone_on": r.gone_on,
-                "vanished": r.vanished,
-            }
-            for r in change.rows
-        ],
-    )
+    conn = txn.conn
+    dev_t = table("device")
+    stmt = _dialect(conn).insert(dev_t)
+    keys = ("node_id", "uuid")
+    update = {c.name: stmt.excluded[c.name] for c in dev_t.columns if c.name not in keys}
+    rows = [
+        {
+            "node_id": r.node_id,
+            "uuid": r.facts.uuid,
+            "site_id": r.site_id,
+            "model": r.facts.model,
+            "pci_device_id": r.facts.pci_device_id,
+            "name": r.facts.name,
+            "tpp": r.facts.tpp,
+            "eccn_class": r.facts.eccn_class,
+            "agent_tpp": r.facts.agent_tpp,
+            "tpp_mismatch": r.facts.tpp_mismatch,
+            "state": r.facts.state,
+            "first_seen": r.first_seen,
+            "gone_on": r.gone_on,
+            "vanished": r.vanished,
+        }
+        for r in change.rows
+    ]
+    conn.execute(stmt.on_conflict_do_update(index_elements=list(keys), set_=update), rows)
+    # Device rows change what reconciliation sees even when no line moves: a new version.
+    version = txn.new_version()
     line_t = table("inventory_line")
-    if change.line_deltas:
-        # Rows carry the version this transaction bumps to; none is deleted (see InventoryLine).
-        version = state.projection_version + 1
-        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-        stmt = dialect.insert(line_t)
-        for spec, delta in sorted(change.line_deltas.items()):
-            conn.execute(
-                stmt.values(
-                    key=spec.key,
-                    site_id=spec.site_id,
-                    model=spec.model,
-                    tpp=spec.tpp,
-                    eccn_class=spec.eccn_class,
-                    installed=spec.installed,
-                    removed=spec.removed or None,
-                    count=delta,
-                    version=version,
-                ).on_conflict_do_update(
-                    index_elements=["key"],
-                    set_={"count": line_t.c.count + delta, "version": version},
-                )
+    line_stmt = _dialect(conn).insert(line_t)
+    # Rows carry the version this transaction commits; none is deleted (see InventoryLine).
+    for spec, delta in sorted(change.line_deltas.items()):
+        conn.execute(
+            line_stmt.values(
+                key=spec.key,
+                site_id=spec.site_id,
+                model=spec.model,
+                tpp=spec.tpp,
+                eccn_class=spec.eccn_class,
+                installed=spec.installed,
+                removed=spec.removed or None,
+                count=delta,
+                version=version,
+            ).on_conflict_do_update(
+                index_elements=["key"],
+                set_={"count": line_t.c.count + delta, "version": version},
             )
-        bump(conn, projection_version=version)
-
-
-def _recorded_report(seq: int, body: str) -> Report:
-    """A report event's body as a Report; a body today's model refuses (a report accepted by an
-    older, laxer ledger) is one error naming the event and field, and nothing is rebuilt."""
-    try:
-        return Report.model_validate_json(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        reason = f"report no longer valid: {loc_path(first['loc'])}: {first['msg']}"
-        raise LedgerError(f"event[{seq}]", reason) from None
-
-
-def rebuild(store: Store, catalogue: Catalogue) -> int:
-    """Drop every projection and replay the event log into it; returns the events replayed."""
-    n = 0
-    with store.write() as (conn, state):
-        for name in ("device", "node", "registry"):
-            conn.execute(sa.delete(table(name)))
-        # Lines are zeroed, not deleted, at the version the rebuild ends on: a reader holding an
-        # older version re-reads every row, and a line the replay no longer makes stays a
-        # tombstone, so that it is seen to be gone.
-        line_t = table("inventory_line")
-        conn.execute(sa.update(line_t).values(count=0, version=state.projection_version + 1))
-        for row in list(eventlog.read_rows(conn)):
-            body = json.loads(row.body)
-            if row.kind == "registry":
-                apply_registry(conn, state, body["doc"], body["origin"], row.recorded_at)
-            elif row.kind == "report":
-                report = _recorded_report(row.seq, row.body)
-                facts = [resolve(d, catalogue) for d in report.devices]
-                node = node_row(conn, report.node_id)
-                apply_report(conn, state, report, facts, row.recorded_at, node)
-            elif row.kind == "decommission":
-                apply_decommission(conn, state, body["node_id"], row.recorded_at)
-            n += 1
-        bump(conn, projection_version=state.projection_version + 1)
-    return n
+        )

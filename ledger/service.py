@@ -2,8 +2,10 @@
 per-process counters. Routes and CLI commands call it; it holds no fact the database lacks.
 
 Caches (registry fleet by digest, evaluations by (as_of, projection_version), revoked token ids
-by auth_version) are checked against `ledger_state`, which every writer in every process bumps,
-so a second process's write is seen on the next request.
+by auth_version) are checked against `ledger_state`, which every write that changes them bumps
+in every process, so a second process's write is seen on the next request. Reports go through
+one group committer per process (batcher.py); the integrator (integrator.py) signs what was
+appended.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import json
 import logging
 import threading
 from collections import Counter, OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from datetime import date, datetime
 from pathlib import Path
@@ -23,13 +27,16 @@ from sqlalchemy.engine import Connection
 from gpucap.core.catalogue import Catalogue, default_catalogue
 from gpucap.core.data import read_yaml
 from gpucap.core.engine import Evaluation, SiteMemo, evaluate
-from gpucap.core.errors import InputError
+from gpucap.core.errors import GpucapError, InputError
 from gpucap.core.fleet import Entity, Fleet, Site
 from gpucap.core.ruleset import RulePack, load_ruleset
 from gpucap.exporters.snapshots import CapSample, LedgerSnapshot, SiteSample
-from gpucap.ledger import eventlog, heap, ingest, reconcile, tokens
+from gpucap.ledger import heap, ingest, log, reconcile, tokens
+from gpucap.ledger.batcher import GroupCommitter
 from gpucap.ledger.documents import Document, SiteDocs
 from gpucap.ledger.errors import AuthError, UnavailableError
+from gpucap.ledger.ingest import Outcome, Prepared
+from gpucap.ledger.integrator import Integrator
 from gpucap.ledger.linecache import LineSet, read_lines
 from gpucap.ledger.models import Report
 from gpucap.ledger.settings import Settings
@@ -37,7 +44,7 @@ from gpucap.ledger.store import Store
 from gpucap.ledger.tables import table
 from gpucap.ledger.views import FleetIndex, with_observed
 
-log = logging.getLogger("gpucap.ledger")
+_logger = logging.getLogger("gpucap.ledger")
 _EVAL_CACHE = 8
 
 
@@ -86,6 +93,17 @@ class Ledger:
         self.catalogue = catalogue or default_catalogue()
         self.key = tokens.signing_key(store, settings.secret)
         self.revocations = tokens.Revocations(store, settings.revocation_ttl_s)
+        self._signer: log.Signer | None = None
+        self.integrator = Integrator(
+            store,
+            lambda: self.signer,
+            settings.clock,
+            settings.log_integrate_interval_s,
+            settings.log_checkpoint_keep_s,
+        )
+        self._committer: GroupCommitter[Prepared, Outcome] = GroupCommitter(
+            self._write_reports
+        )
         self._lock = threading.Lock()
         self._registry: tuple[str, Fleet] | None = None
         self._sites = ingest.SiteCache()
@@ -115,7 +133,8 @@ class Ledger:
         doc = registry_doc(path, self.catalogue)
         changed = ingest.set_registry(self.store, doc, str(path), self.now(), actor)
         if changed:
-            log.info("registry %s recorded as a new event", path)
+            _logger.info("registry %s recorded in the log", path)
+            self.integrator.wake()
         return changed
 
     def registry(self, conn: Connection) -> Fleet:
@@ -143,25 +162,61 @@ class Ledger:
     def today(self) -> date:
         return self.now().date()
 
+    @property
+    def signer(self) -> log.Signer:
+        """The log's signer, read from the database on first use."""
+        if self._signer is None:
+            settings = self.settings
+            self._signer = log.load_signer(self.store, settings.log_origin, settings.log_key_file)
+        return self._signer
+
+    def start(self) -> None:
+        """What a serving process runs beside its requests: sign what is pending now, then keep
+        the log integrated."""
+        self.integrator.run_once()
+        self.integrator.start()
+
+    def stop(self) -> None:
+        """Answer queued reports and sign what they appended (the store stays open)."""
+        self._committer.close()
+        self.integrator.stop()
+
     # -- ingest ---------------------------------------------------------------------------
-    def ingest(self, report: Report) -> ingest.Outcome:
+    def submit(self, report: Report) -> Future[Outcome]:
+        """Queue a report for the group committer; the Future is answered once it is durable
+        (or refused: RejectedError)."""
         try:
-            outcome = ingest.ingest_report(
-                self.store, report, self.catalogue, self.now(), self._sites
-            )
+            prepared = ingest.prepare(report, self.catalogue)
         except InputError:
             self.count_report("rejected")
             raise
-        self.count_report(outcome.status)
-        return outcome
+        return self._committer.submit(prepared)
+
+    def ingest(self, report: Report) -> Outcome:
+        """Store one report and wait for the answer."""
+        return self.submit(report).result()
+
+    def _write_reports(self, batch: Sequence[Prepared]) -> list[Outcome | GpucapError]:
+        results, appended = ingest.ingest_batch(self.store, batch, self.now(), self._sites)
+        with self._lock:
+            for result in results:
+                if isinstance(result, Outcome):
+                    self.reports_total[result.status] += 1
+                elif isinstance(result, InputError):
+                    self.reports_total["rejected"] += 1
+                # a database failure is not an answer about the report: the agent retries it
+        if appended:
+            self.integrator.wake()
+        return results
 
     def count_report(self, status: str) -> None:
         with self._lock:
             self.reports_total[status] += 1
 
     # -- auth -----------------------------------------------------------------------------
-    def authenticate(self, header: str | None, kind: str) -> tokens.Principal:
-        """The principal of an `Authorization: Bearer` header, refusing (and counting) others."""
+    def authenticate(self, header: str | None, *kinds: str) -> tokens.Principal:
+        """The principal of an `Authorization: Bearer` header whose kind is one of `kinds`,
+        refusing (and counting) others."""
         try:
             if not header:
                 raise AuthError(401, "no_token", "no bearer token")
@@ -171,7 +226,7 @@ class Ledger:
             principal = tokens.verify(token.strip(), self.key)
             if self.revocations.is_revoked(principal.token_id):
                 raise AuthError(401, "revoked", f"token {principal.token_id} was revoked")
-            if principal.kind != kind:
+            if principal.kind not in kinds:
                 raise AuthError(403, "wrong_kind", f"a {principal.kind} token cannot do this")
         except AuthError as exc:
             self.refuse(exc)
@@ -181,7 +236,7 @@ class Ledger:
     def refuse(self, exc: AuthError) -> None:
         with self._lock:
             self.auth_refusals_total[exc.reason] += 1
-        log.warning("refused (%s): %s", exc.reason, exc.detail)
+        _logger.warning("refused (%s): %s", exc.reason, exc.detail)
 
     # -- headroom -------------------------------------------------------------------------
     def evaluation(self, as_of: date) -> tuple[Evaluation, Fleet]:
@@ -270,8 +325,10 @@ class Ledger:
         write, so a snapshot older than one report interval is rebuilt too.
         """
         state = self.store.state()
+        with self.store.read() as conn:
+            size = log.tree(conn).size
         now = self.now()
-        key = (state.head_seq, state.projection_version, now.date())
+        key = (size, state.projection_version, now.date())
         at = self._snapshot_at
         recent = at is not None and (now - at).total_seconds() < self.settings.report_interval_s
         if not force and key == self._snapshot_key and recent:
@@ -300,14 +357,10 @@ class Ledger:
             ),
             nodes=nodes,
             findings=dict(found["counts"]),
-            eventlog_rows=state.head_seq,
+            eventlog_rows=size,
         )
         with self._lock:
             self._snapshot = snap
             self._snapshot_key = key
             self._snapshot_at = now
         return True
-
-    def event_rows(self) -> int:
-        with self.store.read() as conn:
-            return eventlog.count_rows(conn)

@@ -40,6 +40,10 @@ class Settings:
     revocation_ttl_s: float = 5.0  # how long a process trusts its cached revocation list
     max_body_bytes: int = 4 * 1024 * 1024
     sqlite_synchronous: str = "FULL"  # FULL: a commit is on disk before the reply
+    log_origin: str | None = None  # checkpoint origin and key name; None: from the ledger's id
+    log_key_file: Path | None = None  # Ed25519 PEM key; None: the key kept in the database
+    log_integrate_interval_s: float = 0.5  # how often pending entries from elsewhere are signed
+    log_checkpoint_keep_s: float = 60.0  # one checkpoint per this interval is kept as history
     clock: Callable[[], datetime] = field(default=utc_now, compare=False)
 
     @property
@@ -56,12 +60,15 @@ class Settings:
             "GPUCAP_LEDGER_HOST": "host",
             "GPUCAP_LEDGER_SECRET": "secret",
             "GPUCAP_SQLITE_SYNCHRONOUS": "sqlite_synchronous",
+            "GPUCAP_LOG_ORIGIN": "log_origin",
         }
         for var, name in text.items():
             if environ.get(var):
                 values[name] = environ[var]
         if environ.get("GPUCAP_REGISTRY"):
             values["registry"] = Path(environ["GPUCAP_REGISTRY"])
+        if environ.get("GPUCAP_LOG_KEY_FILE"):
+            values["log_key_file"] = Path(environ["GPUCAP_LOG_KEY_FILE"])
         numbers: dict[str, tuple[str, type[int] | type[float]]] = {
             "GPUCAP_LEDGER_PORT": ("port", int),
             "GPUCAP_LEDGER_WORKERS": ("workers", int),
@@ -69,6 +76,8 @@ class Settings:
             "GPUCAP_STALE_INTERVALS": ("stale_intervals", float),
             "GPUCAP_REVOCATION_TTL_S": ("revocation_ttl_s", float),
             "GPUCAP_MAX_BODY_BYTES": ("max_body_bytes", int),
+            "GPUCAP_LOG_INTEGRATE_INTERVAL_S": ("log_integrate_interval_s", float),
+            "GPUCAP_LOG_CHECKPOINT_KEEP_S": ("log_checkpoint_keep_s", float),
         }
         for var, (name, kind) in numbers.items():
             raw = environ.get(var)
@@ -89,6 +98,10 @@ class Settings:
         settings = replace(base, **values)
         if settings.workers < 1:
             raise InputError("--workers", f"must be at least 1, got {settings.workers}")
+        origin = settings.log_origin
+        if origin is not None and (not origin or "+" in origin or any(c.isspace() for c in origin)):
+            # The origin is also the signed note's key name: no spaces, no '+' (C2SP signed-note).
+            raise InputError("GPUCAP_LOG_ORIGIN", "must be non-empty, without spaces or '+'")
         if settings.sqlite_synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise InputError("GPUCAP_SQLITE_SYNCHRONOUS", "expected OFF, NORMAL, FULL or EXTRA")
         return settings

@@ -1,10 +1,12 @@
 """Database access: engines, migrations on start, and the one way to write.
 
-Every write runs in `Store.write()`, which serialises writers across threads *and processes*:
-SQLite opens the transaction with BEGIN IMMEDIATE (one writer per file, WAL lets readers on);
-PostgreSQL locks the single `ledger_state` row with SELECT ... FOR UPDATE. Under that lock the
-event log's previous hash and each node's last `seq` are read and advanced, so two ledger
-processes can never chain two events onto one hash or accept one report twice.
+Every write runs in `Store.write()`. SQLite opens it with BEGIN IMMEDIATE (one writer per file,
+queued in this process and across processes, see `_SqliteWriterQueue`; WAL lets readers on).
+PostgreSQL takes no ledger-wide lock: a heartbeat is a compare-and-set on its own `node` row, a
+changed report locks its node row, and only what must be ordered takes a shared row last, just
+before commit: `bump_projection` (the `ledger_state` row, so that projection versions commit in
+order) and the log's integrator (the `log_state` row). Appending to the log is an INSERT keyed
+by the database's own sequence.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import fcntl
 import os
 import re
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -24,17 +26,14 @@ from sqlalchemy.engine import Connection, Engine
 
 from gpucap.ledger.errors import UnavailableError
 from gpucap.ledger.settings import Settings
-from gpucap.ledger.tables import table
 
 _MIGRATION_LOCK = 0x67707563  # PostgreSQL advisory lock id held while migrating ("gpuc")
 
 
 @dataclass(frozen=True)
 class State:
-    """The `ledger_state` row as a write transaction found it."""
+    """The `ledger_state` row as read (no lock)."""
 
-    head_seq: int
-    head_hash: str
     projection_version: int
     auth_version: int
     token_key: str
@@ -128,12 +127,11 @@ class Store:
         return sa.engine.make_url(self.url).render_as_string(hide_password=True)
 
     @contextmanager
-    def write(self) -> Iterator[tuple[Connection, State]]:
-        """A write transaction holding the ledger-wide writer lock, with the state it found."""
+    def write(self) -> Iterator[Connection]:
+        """A write transaction (on SQLite, this process's turn at the file's one writer)."""
         try:
             with self._queued(), self.engine.begin() as conn:
-                row = _SELECT_STATE[self.is_sqlite].one(conn)
-                yield conn, State(*row)
+                yield conn
         except sa.exc.OperationalError as exc:
             raise UnavailableError("db", f"database error: {exc.orig}") from exc
 
@@ -171,13 +169,9 @@ class Store:
             raise UnavailableError("db", f"database error: {exc.orig}") from exc
 
     def state(self) -> State:
-        """The current state row, read without the writer lock."""
-        state_t = table("ledger_state")
+        """The current state row, read without any lock."""
         with self.read() as conn:
-            row = conn.execute(sa.select(state_t).where(state_t.c.id == 1)).one()
-        return State(
-            row.head_seq, row.head_hash, row.projection_version, row.auth_version, row.token_key
-        )
+            return State(*_SELECT_STATE.one(conn))
 
 
 def _alembic_config() -> Any:
@@ -217,6 +211,24 @@ class HotSql:
         finally:
             cur.close()
 
+    def all(self, conn: Connection, params: Mapping[str, Any] | None = None) -> list[Any]:
+        """Every row as plain tuples."""
+        cur = self._execute(conn, params)
+        try:
+            return list(cur.fetchall())
+        finally:
+            cur.close()
+
+    def many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Execute a write once per parameter set (the driver's executemany)."""
+        dbapi = conn.connection.dbapi_connection
+        assert dbapi is not None
+        cur = dbapi.cursor()
+        try:
+            cur.executemany(self._sql(conn), rows)
+        finally:
+            cur.close()
+
     def run(self, conn: Connection, params: Mapping[str, Any] | None = None) -> int:
         """Execute a write; the number of rows it changed."""
         cur = self._execute(conn, params)
@@ -229,9 +241,11 @@ class HotSql:
         dbapi = conn.connection.dbapi_connection
         assert dbapi is not None  # a Connection inside begin() always holds one
         cur = dbapi.cursor()
-        sql = self.named if conn.dialect.name == "sqlite" else self.pyformat
-        cur.execute(sql, params or {})
+        cur.execute(self._sql(conn), params or {})
         return cur
+
+    def _sql(self, conn: Connection) -> str:
+        return self.named if conn.dialect.name == "sqlite" else self.pyformat
 
 
 class _SqliteWriterQueue:
@@ -283,27 +297,33 @@ class _SqliteWriterQueue:
         return self._fd
 
 
-def bump(conn: Connection, **changes: Any) -> None:
-    """Update the state row inside a write transaction (head, version counters)."""
-    if set(changes) == {"head_seq", "head_hash"}:
-        _BUMP_HEAD.run(conn, changes)  # the hot path: one prebuilt statement
-        return
-    state_t = table("ledger_state")
-    conn.execute(sa.update(state_t).where(state_t.c.id == 1).values(**changes))
+def projection_version(conn: Connection) -> int:
+    """The projection version this transaction sees (no lock)."""
+    return int(_SELECT_VERSION.one(conn)[0])
 
 
-# Prebuilt statements of the ingest hot path.
-_SELECT_STATE_SQL = (
-    "SELECT head_seq, head_hash, projection_version, auth_version, token_key "
-    "FROM ledger_state WHERE id = 1"
+def bump_projection(conn: Connection) -> int:
+    """Advance `projection_version` and return the new one. The row stays locked until commit
+    (PostgreSQL), so versions commit in the order they were taken: call it last, just before
+    the rows that carry the version, so that the lock is held as briefly as possible."""
+    return int(_BUMP_VERSION.one(conn)[0])
+
+
+def bump_auth(conn: Connection) -> None:
+    """Tell every process to re-read the revoked tokens."""
+    _BUMP_AUTH.run(conn)
+
+
+# Prebuilt statements of the hot paths.
+_SELECT_STATE = HotSql(
+    "SELECT projection_version, auth_version, token_key FROM ledger_state WHERE id = 1"
 )
-_SELECT_STATE = {  # keyed by "is SQLite": PostgreSQL locks the row, SQLite holds BEGIN IMMEDIATE
-    True: HotSql(_SELECT_STATE_SQL),
-    False: HotSql(_SELECT_STATE_SQL + " FOR UPDATE"),
-}
-_BUMP_HEAD = HotSql(
-    "UPDATE ledger_state SET head_seq = :head_seq, head_hash = :head_hash WHERE id = 1"
+_SELECT_VERSION = HotSql("SELECT projection_version FROM ledger_state WHERE id = 1")
+_BUMP_VERSION = HotSql(
+    "UPDATE ledger_state SET projection_version = projection_version + 1 WHERE id = 1 "
+    "RETURNING projection_version"
 )
+_BUMP_AUTH = HotSql("UPDATE ledger_state SET auth_version = auth_version + 1 WHERE id = 1")
 
 
 def _sqlite_engine(url: str, synchronous: str, *, immediate: bool) -> Engine:

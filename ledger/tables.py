@@ -1,43 +1,86 @@
-"""The ledger's tables. `event` is the system of record; every other table is a projection of it.
+"""The ledger's tables. The log (`log_entry`, with `tree_node`, `checkpoint` and `log_state`) is the
+system of record; `node`, `device`, `inventory_line` and `registry` are projections of it.
 
 Dates are ISO 8601 strings (`2026-01-05`), instants ISO 8601 UTC strings, so that both databases
-sort and compare them the same way and the event log hashes exactly what is stored. TPP is an
+sort and compare them the same way and the log hashes exactly what is stored. TPP is an
 integer per device (the catalogue's figure).
 """
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Table, Text
+from sqlalchemy import BigInteger, Column, Integer, LargeBinary, SmallInteger, Table, Text
 from sqlmodel import Field, SQLModel
+
+# A 64-bit autoincrement key that is SQLite's rowid (SQLite autoincrements only INTEGER keys).
+_ID = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class LedgerState(SQLModel, table=True):
-    """One row (id 1): the event-log head and the version counters every process reads.
+    """One row (id 1): the version counters every process reads to validate its caches.
 
-    Write transactions lock this row first, so that writers (across processes) are serialised and
-    the chain has one well-defined previous hash.
+    Only writes that change what headroom is computed from (a changed inventory, a registry
+    change, a decommission) bump `projection_version`, as their last statement before commit;
+    heartbeats never touch this row. Token issue and revocation bump `auth_version`.
     """
 
     __tablename__ = "ledger_state"
     id: int = Field(default=1, primary_key=True)
-    head_seq: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
-    head_hash: str = Field(default="0" * 64)
     projection_version: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
     auth_version: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
     token_key: str  # hex HMAC key for tokens, generated at migration
 
 
-class Event(SQLModel, table=True):
-    """One appended fact; `hash` = sha256(prev_hash || canonical content)."""
+class LogEntry(SQLModel, table=True):
+    """One entry of the transparency log: `leaf` is the exact canonical JSON that is hashed.
 
-    __tablename__ = "event"
-    seq: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    `id` is the arrival order (the database's own sequence, so appends take no ledger-wide
+    lock); `idx` is the leaf index, assigned gap-free by the integrator (None until then).
+    """
+
+    __tablename__ = "log_entry"
+    id: int = Field(sa_column=Column(_ID, primary_key=True, autoincrement=True))
+    idx: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True, unique=True))
+    kind: str
     recorded_at: str
-    kind: str  # report | registry | decommission
-    actor: str
-    body: str = Field(sa_column=Column(Text, nullable=False))  # canonical JSON
-    prev_hash: str
-    hash: str
+    leaf: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class TreeNode(SQLModel, table=True):
+    """The hash of one perfect subtree: level L, index i covers leaves [i * 2^L, (i+1) * 2^L)."""
+
+    __tablename__ = "tree_node"
+    level: int = Field(sa_column=Column(SmallInteger, primary_key=True, autoincrement=False))
+    idx: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    hash: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class Checkpoint(SQLModel, table=True):
+    """A signed checkpoint kept for history (at most one per `checkpoint_keep_s`, and the
+    first after migration); the newest one is always in `log_state.note`."""
+
+    __tablename__ = "checkpoint"
+    size: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    root: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    note: str = Field(sa_column=Column(Text, nullable=False))
+    signed_at: str
+
+
+class LogState(SQLModel, table=True):
+    """One row (id 1): the integrated tree (size, root, newest signed note) and the log's key.
+
+    The integrator locks this row, so integration is serialised across processes; nothing else
+    writes it. `key_pem` is the Ed25519 signing key generated at migration (unused when
+    GPUCAP_LOG_KEY_FILE names one); `ledger_id` names the log's default origin.
+    """
+
+    __tablename__ = "log_state"
+    id: int = Field(default=1, primary_key=True)
+    size: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    root: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    note: str = Field(default="", sa_column=Column(Text, nullable=False))
+    signed_at: str = ""
+    ledger_id: str
+    key_pem: str = Field(sa_column=Column(Text, nullable=False))
 
 
 class Node(SQLModel, table=True):
@@ -50,6 +93,7 @@ class Node(SQLModel, table=True):
     first_seen: str
     last_seen: str
     devices_digest: str  # sha256 of the sorted device facts of the last report
+    presence_day: str = ""  # UTC day of the node's last logged report or presence entry
     decommissioned_on: str | None = None
     agent_version: str = ""
 

@@ -1,11 +1,13 @@
 """Bearer tokens: HMAC-signed claims, verifiable without a database round trip.
 
-A token is `gpc1.<claims>.<mac>`: base64url canonical JSON claims (token id, kind, node and site
-or operator and entity) and base64url HMAC-SHA256 over them with the ledger's key (from
+A token is `gpc1.<claims>.<mac>`: base64url canonical JSON claims (token id, kind, node and site,
+operator and entity, or auditor) and base64url HMAC-SHA256 over them with the ledger's key (from
 GPUCAP_LEDGER_SECRET, else generated at migration and kept in `ledger_state`). The database keeps
 each token's id, subject and sha256, never the token. Revocation is by id: processes cache the
 revoked ids and re-read them when `ledger_state.auth_version` changes (checked at most every
-`revocation_ttl_s`).
+`revocation_ttl_s`). Kinds: `node` (writes its own reports), `operator` (reads; with an entity,
+only that entity's scopes), `auditor` (reads the whole log and every answer, writes nothing).
+Every issue and revocation is a log entry (id, kind, subject, scope, by whom; never the token).
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
+from gpucap.ledger import log
 from gpucap.ledger.errors import AuthError, RejectedError
-from gpucap.ledger.eventlog import canonical
 from gpucap.ledger.settings import iso_instant
-from gpucap.ledger.store import Store, bump
+from gpucap.ledger.store import Store, bump_auth
 from gpucap.ledger.tables import table
 
 PREFIX = "gpc1"
+KINDS = ("node", "operator", "auditor")
 
 
 @dataclass(frozen=True)
@@ -36,11 +39,27 @@ class Principal:
     """Who a verified token speaks for: a node at a site, or an operator (entity None: all)."""
 
     token_id: str
-    kind: str  # node | operator
+    kind: str  # node | operator | auditor
     node_id: str | None = None
     site_id: str | None = None
     operator: str | None = None
     entity: str | None = None
+    auditor: str | None = None
+
+    @property
+    def reads_everything(self) -> bool:
+        """An auditor or an unscoped operator: the whole log and every scope."""
+        return self.kind == "auditor" or (self.kind == "operator" and self.entity is None)
+
+    def subject(self) -> dict[str, str]:
+        fields = {
+            "node": self.node_id,
+            "site": self.site_id,
+            "operator": self.operator,
+            "entity": self.entity,
+            "auditor": self.auditor,
+        }
+        return {k: v for k, v in fields.items() if v is not None}
 
 
 def _b64(data: bytes) -> str:
@@ -53,19 +72,8 @@ def _unb64(text: str) -> bytes:
 
 def sign(principal: Principal, key: bytes) -> str:
     """The token for `principal` under `key` (pure)."""
-    claims = {
-        k: v
-        for k, v in {
-            "id": principal.token_id,
-            "kind": principal.kind,
-            "node": principal.node_id,
-            "site": principal.site_id,
-            "operator": principal.operator,
-            "entity": principal.entity,
-        }.items()
-        if v is not None
-    }
-    body = _b64(canonical(claims).encode())
+    claims = {"id": principal.token_id, "kind": principal.kind, **principal.subject()}
+    body = _b64(log.canonical(claims).encode())
     mac = _b64(hmac.new(key, f"{PREFIX}.{body}".encode(), hashlib.sha256).digest())
     return f"{PREFIX}.{body}.{mac}"
 
@@ -83,7 +91,7 @@ def verify(token: str, key: bytes) -> Principal:
         raise AuthError(401, "malformed_token", "token cannot be decoded") from None
     if not hmac.compare_digest(mac, expected):
         raise AuthError(401, "bad_signature", "token signature does not verify")
-    if not isinstance(claims, dict) or claims.get("kind") not in ("node", "operator"):
+    if not isinstance(claims, dict) or claims.get("kind") not in KINDS:
         raise AuthError(401, "malformed_token", "token claims are invalid")
     return Principal(
         token_id=str(claims["id"]),
@@ -92,6 +100,7 @@ def verify(token: str, key: bytes) -> Principal:
         site_id=claims.get("site"),
         operator=claims.get("operator"),
         entity=claims.get("entity"),
+        auditor=claims.get("auditor"),
     )
 
 
@@ -108,44 +117,76 @@ def check_subject(principal_kind: str, **subject: str | None) -> None:
         raise RejectedError("--node/--site", "a node token needs both a node and a site")
     if principal_kind == "operator" and not subject.get("operator"):
         raise RejectedError("--operator", "an operator token needs a name")
+    if principal_kind == "auditor" and not subject.get("auditor"):
+        raise RejectedError("--auditor", "an auditor token needs a name")
 
 
 def issue(
-    store: Store, principal_kind: str, now: datetime, secret: str | None, **subject: str | None
+    store: Store,
+    principal_kind: str,
+    now: datetime,
+    secret: str | None,
+    by: str = "cli",
+    **subject: str | None,
 ) -> tuple[str, str]:
     """Create and record a token; returns (token id, token). Only the token's hash is stored."""
     check_subject(principal_kind, **subject)
     principal = Principal(token_id=secrets.token_hex(8), kind=principal_kind, **subject)
     token = sign(principal, signing_key(store, secret))
-    with store.write() as (conn, _state):
+    recorded_at = iso_instant(now)
+    with store.write() as conn:
         conn.execute(
             sa.insert(table("token")).values(
                 id=principal.token_id,
                 kind=principal.kind,
                 node_id=principal.node_id,
                 site_id=principal.site_id,
-                operator=principal.operator,
+                operator=principal.operator or principal.auditor,
                 entity=principal.entity,
                 token_sha256=hashlib.sha256(token.encode()).hexdigest(),
-                created_at=iso_instant(now),
+                created_at=recorded_at,
                 revoked_at=None,
             )
         )
+        log.append(conn, "token_issued", f"operator:{by}", _entry(principal), recorded_at)
     return principal.token_id, token
 
 
-def revoke(store: Store, token_id: str, now: datetime) -> None:
+def _entry(principal: Principal) -> dict[str, object]:
+    """What the log records of a token: never the token or its hash."""
+    return {
+        "id": principal.token_id,
+        "kind": principal.kind,
+        "subject": principal.subject(),
+        "scope": f"entity:{principal.entity}" if principal.entity else None,
+    }
+
+
+def revoke(store: Store, token_id: str, now: datetime, by: str = "cli") -> None:
     """Revoke a token by id; every process stops accepting it within its revocation TTL."""
     token_t = table("token")
-    with store.write() as (conn, state):
-        found = conn.execute(
-            sa.update(token_t)
-            .where(token_t.c.id == token_id, token_t.c.revoked_at.is_(None))
-            .values(revoked_at=iso_instant(now))
-        ).rowcount
-        if not found:
+    recorded_at = iso_instant(now)
+    with store.write() as conn:
+        row = conn.execute(
+            sa.select(token_t).where(token_t.c.id == token_id, token_t.c.revoked_at.is_(None))
+        ).first()
+        if row is None:
             raise RejectedError("--revoke", f"no unrevoked token with id {token_id!r}")
-        bump(conn, auth_version=state.auth_version + 1)
+        conn.execute(
+            sa.update(token_t).where(token_t.c.id == token_id).values(revoked_at=recorded_at)
+        )
+        auditor = row.kind == "auditor"
+        principal = Principal(
+            token_id=row.id,
+            kind=row.kind,
+            node_id=row.node_id,
+            site_id=row.site_id,
+            operator=None if auditor else row.operator,
+            entity=row.entity,
+            auditor=row.operator if auditor else None,
+        )
+        log.append(conn, "token_revoked", f"operator:{by}", _entry(principal), recorded_at)
+        bump_auth(conn)
 
 
 class Revocations:

@@ -217,3 +217,20 @@ def at(text: str) -> datetime:
 
 def dumps(value: Any) -> str:
     return json.dumps(value)
+
+
+def log_kinds(db_url: str, *, tokens: bool = False) -> list[str]:
+    """The kinds of the log's entries (integrated ones by index, then pending ones by arrival),
+    without token issues and revocations unless `tokens`."""
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT kind FROM log_entry "
+                    "ORDER BY CASE WHEN idx IS NULL THEN 1 ELSE 0 END, idx, id"
+                )
+            )
+            return [r[0] for r in rows if tokens or not r[0].startswith("token_")]
+    finally:
+        engine.dispose()

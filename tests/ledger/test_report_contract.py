@@ -11,7 +11,6 @@ from typing import Any
 import httpx
 import jsonschema
 import pytest
-import sqlalchemy as sa
 from pydantic import ValidationError
 
 from gpucap.agent.fake_machine import FakeMachine
@@ -25,7 +24,7 @@ from gpucap.ledger.fold import resolve
 from gpucap.ledger.models import Report, loc_path
 from gpucap.ledger.settings import Settings, utc_now
 from gpucap.ledger.store import Store
-from tests.ledger.support import ledger_server, report
+from tests.ledger.support import ledger_server, log_kinds, report
 
 SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "report-v1.schema.json"
 
@@ -180,12 +179,7 @@ def test_every_mutation_the_schema_forbids_is_refused_by_the_ledger(
 
 
 def _event_kinds(db_url: str) -> list[str]:
-    engine = sa.create_engine(db_url)
-    try:
-        with engine.connect() as conn:
-            return [r[0] for r in conn.execute(sa.text("SELECT kind FROM event ORDER BY seq"))]
-    finally:
-        engine.dispose()
+    return log_kinds(db_url)
 
 
 SIZE_BOUNDS = [

@@ -1,0 +1,226 @@
+"""The transparency log: append, integrate, prove and sign (docs/log.md has the formats).
+
+An entry is appended inside the transaction that changes what it records, as a pending row
+(`log_entry.idx` NULL) keyed by the database's own sequence: appending takes no ledger-wide lock,
+and an entry exists exactly when its change committed. The integrator (one at a time across
+processes: it locks `log_state`) gives pending entries the next leaf indices in arrival order,
+stores the hash of every perfect subtree that completes (`tree_node`), and signs a C2SP
+checkpoint of the new tree, all in one transaction, so a crash between acknowledging an entry
+and integrating it loses nothing: the entry stays pending until the next integration.
+
+A leaf is the exact UTF-8 bytes of `log_entry.leaf`: canonical JSON (keys sorted, no spaces,
+non-ASCII kept) of `{"actor", "body", "kind", "recorded_at"}`; entries migrated from the old
+hash chain also carry `"chain": {"hash", "seq"}`. Verifiers hash the bytes as stored or served
+and never re-serialise them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy.engine import Connection
+
+from gpucap.core.errors import InputError
+from gpucap.ledger import merkle, note
+from gpucap.ledger.errors import LogBrokenError
+from gpucap.ledger.settings import iso_instant
+from gpucap.ledger.store import HotSql, Store
+from gpucap.ledger.tables import table
+
+KINDS = (
+    "registry",
+    "report",
+    "presence",
+    "decommission",
+    "token_issued",
+    "token_revoked",
+)
+MAX_ENTRIES_PER_READ = 1000  # GET /v1/log/entries
+_INTEGRATE_BATCH = 20000  # entries per integration transaction
+
+_APPEND = HotSql(
+    "INSERT INTO log_entry (kind, recorded_at, leaf) VALUES (:kind, :recorded_at, :leaf)"
+)
+_PENDING = HotSql(
+    "SELECT id, leaf FROM log_entry WHERE idx IS NULL ORDER BY id LIMIT :limit",
+)
+_ANY_PENDING = HotSql("SELECT 1 FROM log_entry WHERE idx IS NULL LIMIT 1")
+_SET_IDX = HotSql("UPDATE log_entry SET idx = :idx WHERE id = :id AND idx IS NULL")
+_INSERT_NODE = HotSql("INSERT INTO tree_node (level, idx, hash) VALUES (:level, :idx, :hash)")
+_STATE = HotSql(
+    "SELECT size, root, note, signed_at, ledger_id, key_pem FROM log_state WHERE id = 1"
+)
+_LOCK_STATE = HotSql("SELECT size FROM log_state WHERE id = 1 FOR UPDATE")
+_SET_STATE = HotSql(
+    "UPDATE log_state SET size = :size, root = :root, note = :note, signed_at = :signed_at "
+    "WHERE id = 1"
+)
+_LAST_KEPT = HotSql("SELECT max(signed_at) FROM checkpoint")
+_KEEP = HotSql(
+    "INSERT INTO checkpoint (size, root, note, signed_at) VALUES (:size, :root, :note, :signed_at)"
+)
+
+
+def canonical(value: Any) -> str:
+    """Canonical JSON: sorted keys, no insignificant whitespace, UTF-8 kept as is."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def leaf_text(kind: str, actor: str, body: Any, recorded_at: str) -> str:
+    """The leaf of one entry, as text (its UTF-8 encoding is what is hashed)."""
+    return canonical({"actor": actor, "body": body, "kind": kind, "recorded_at": recorded_at})
+
+
+def append(conn: Connection, kind: str, actor: str, body: Any, recorded_at: str) -> None:
+    """Append one entry inside the caller's write transaction (pending until integrated)."""
+    assert kind in KINDS, kind
+    leaf = leaf_text(kind, actor, body, recorded_at)
+    _APPEND.run(conn, {"kind": kind, "recorded_at": recorded_at, "leaf": leaf})
+
+
+@dataclass(frozen=True)
+class Signer:
+    """The log's origin (also its key name) and Ed25519 signing key."""
+
+    origin: str
+    key: Ed25519PrivateKey
+
+    @property
+    def verifier_key(self) -> str:
+        return note.verifier_key(self.origin, self.key.public_key())
+
+    def sign(self, size: int, root: bytes) -> str:
+        return note.sign_checkpoint(self.origin, size, root, self.origin, self.key)
+
+
+def load_signer(store: Store, origin: str | None, key_file: Path | None) -> Signer:
+    """The signer every process on one database shares: the key kept in the database (or
+    `key_file`), the origin given (or `gpucap-ledger/<ledger id>`)."""
+    with store.read() as conn:
+        state = _STATE.one(conn)
+    ledger_id, key_pem = state[4], state[5]
+    if key_file is not None:
+        try:
+            text = key_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError("GPUCAP_LOG_KEY_FILE", f"cannot read {key_file}: {exc}") from None
+        key = note.load_private_key_pem(text, "GPUCAP_LOG_KEY_FILE")
+    else:
+        key = note.load_private_key_pem(key_pem, "log_state.key_pem")
+    return Signer(origin or f"gpucap-ledger/{ledger_id}", key)
+
+
+@dataclass(frozen=True)
+class Tree:
+    """The integrated tree: size, root and the newest signed checkpoint over it."""
+
+    size: int
+    root: bytes
+    note: str
+    signed_at: str
+
+
+def tree(conn: Connection) -> Tree:
+    row = _STATE.one(conn)
+    return Tree(int(row[0]), bytes(row[1]), str(row[2]), str(row[3]))
+
+
+def has_pending(conn: Connection) -> bool:
+    return _ANY_PENDING.one(conn) is not None
+
+
+def integrate(store: Store, signer: Signer, now: datetime, keep_s: float) -> int:
+    """Integrate every pending entry and sign the new tree; the number integrated.
+
+    A checkpoint is also kept in `checkpoint` when the newest kept one is older than `keep_s`
+    (the latest is always in `log_state`). The first call on a new log signs the empty tree.
+    """
+    total = 0
+    while True:
+        with store.write() as conn:
+            if not store.is_sqlite:
+                _LOCK_STATE.one(conn)  # one integrator at a time, across processes
+            current = tree(conn)
+            pending = _PENDING.all(conn, {"limit": _INTEGRATE_BATCH})
+            if not pending and current.note:
+                return total
+            size, root = _extend(conn, current.size, pending)
+            signed_at = iso_instant(now)
+            text = signer.sign(size, root)
+            values = {"size": size, "root": root, "note": text, "signed_at": signed_at}
+            _SET_STATE.run(conn, values)
+            last = _LAST_KEPT.one(conn)[0]
+            if last is None or last < iso_instant(now - timedelta(seconds=keep_s)):
+                _KEEP.run(conn, values)
+        total += len(pending)
+        if len(pending) < _INTEGRATE_BATCH:
+            return total
+
+
+def _extend(conn: Connection, size: int, pending: Sequence[Any]) -> tuple[int, bytes]:
+    """Give `pending` (id, leaf) rows the next indices and store the completed subtrees."""
+    frontier = _frontier(conn, size)
+    leaves = [merkle.leaf_hash(leaf.encode("utf-8")) for _id, leaf in pending]
+    nodes, frontier, new_size = merkle.append(frontier, size, leaves)
+    for offset, (entry_id, _leaf) in enumerate(pending):
+        if _SET_IDX.run(conn, {"idx": size + offset, "id": entry_id}) != 1:
+            raise RuntimeError(f"log_entry {entry_id} was integrated by someone else")
+    if nodes:
+        _INSERT_NODE.many(conn, [{"level": n.level, "idx": n.index, "hash": n.hash} for n in nodes])
+    return new_size, merkle.root_from_frontier(frontier)
+
+
+def _frontier(conn: Connection, size: int) -> list[merkle.Node]:
+    wanted = merkle.frontier_nodes(size)
+    found = read_nodes(conn, wanted)
+    return [merkle.Node(lv, i, found[(lv, i)]) for lv, i in wanted]
+
+
+def read_nodes(conn: Connection, keys: Iterable[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+    """The stored hashes of the given (level, index) perfect subtrees, in one query."""
+    wanted = list(dict.fromkeys(keys))
+    if not wanted:
+        return {}
+    t = table("tree_node")
+    rows = conn.execute(
+        sa.select(t.c.level, t.c.idx, t.c.hash).where(sa.tuple_(t.c.level, t.c.idx).in_(wanted))
+    ).all()
+    found = {(int(r[0]), int(r[1])): bytes(r[2]) for r in rows}
+    missing = [k for k in wanted if k not in found]
+    if missing:
+        level, idx = missing[0]
+        raise LogBrokenError(f"tree_node[{level},{idx}]", "missing from the stored tree")
+    return found
+
+
+def entries(conn: Connection, start: int, end: int) -> list[tuple[int, str]]:
+    """Integrated entries with start <= index < end, as (index, leaf text)."""
+    t = table("log_entry")
+    rows = conn.execute(
+        sa.select(t.c.idx, t.c.leaf).where(t.c.idx >= start, t.c.idx < end).order_by(t.c.idx)
+    ).all()
+    return [(int(r[0]), str(r[1])) for r in rows]
+
+
+def inclusion(conn: Connection, index: int, size: int) -> tuple[bytes, list[bytes]]:
+    """(leaf hash, audit path) of leaf `index` in the tree of `size` (0 <= index < size)."""
+    found = read_nodes(conn, [(0, index), *merkle.inclusion_nodes(index, size)])
+    return found[(0, index)], merkle.inclusion_proof(index, size, found)
+
+
+def consistency(conn: Connection, first: int, second: int) -> list[bytes]:
+    """The consistency proof from the tree of `first` leaves to the tree of `second`."""
+    found = read_nodes(conn, merkle.consistency_nodes(first, second))
+    return merkle.consistency_proof(first, second, found)
+
+
+def root_at(conn: Connection, size: int) -> bytes:
+    """The root of the tree of `size` leaves, from the stored perfect subtrees."""
+    return merkle.root_from_frontier(_frontier(conn, size))
