@@ -116,26 +116,20 @@ def _open(text: str, verifier: note.Verifier, where: str) -> note.Checkpoint:
 
 
 def _check_level0(leaves: Iterator[Any], nodes: Iterator[Any], size: int) -> None:
-    expected = 0
-    for (idx, leaf), node in zip(leaves, nodes, strict=False):
-        if idx != expected:
+    """Entries 0..size-1 each with its leaf hash at level 0, and nothing beyond."""
+    for expected in range(size):
+        entry, node = next(leaves, None), next(nodes, None)
+        if entry is None or entry[0] != expected:
             raise LogBrokenError(f"entry[{expected}]", "missing (entry deleted or moved)")
-        if node[0] != idx:
+        if node is None or node[0] != expected:
             raise LogBrokenError(f"tree_node[0,{expected}]", "missing")
-        if merkle.leaf_hash(leaf.encode("utf-8")) != bytes(node[1]):
+        if merkle.leaf_hash(entry[1].encode("utf-8")) != bytes(node[1]):
             raise LogBrokenError(
-                f"entry[{idx}]", "does not match its leaf hash (entry altered or reordered)"
+                f"entry[{expected}]", "does not match its leaf hash (entry altered or reordered)"
             )
-        expected += 1
-    rest_leaf, rest_node = next(leaves, None), next(nodes, None)
-    if expected < size:
-        what = "entry" if rest_leaf is None or rest_leaf[0] != expected else "tree_node[0,"
-        where = f"entry[{expected}]" if what == "entry" else f"tree_node[0,{expected}]"
-        raise LogBrokenError(where, "missing (deleted)")
-    if rest_leaf is not None:
-        raise LogBrokenError(f"entry[{rest_leaf[0]}]", "beyond the signed tree (entry inserted)")
-    if rest_node is not None:
-        raise LogBrokenError(f"tree_node[0,{rest_node[0]}]", "beyond the signed tree")
+    extra = next(leaves, None)
+    if extra is not None:
+        raise LogBrokenError(f"entry[{extra[0]}]", "beyond the signed tree (entry inserted)")
 
 
 def _check_level(level: int, below: Iterator[Any], here: Iterator[Any], count: int) -> None:
