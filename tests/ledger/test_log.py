@@ -15,7 +15,7 @@ from gpucap.ledger import log, logcheck, merkle, note, replay
 from gpucap.ledger.errors import LogBrokenError
 from gpucap.ledger.models import Report
 from gpucap.ledger.service import Ledger
-from tests.ledger.support import Clock, at, device, gpucap, report
+from tests.ledger.support import Clock, device, gpucap, report
 
 
 def rep(**kw: object) -> Report:
