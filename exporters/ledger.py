@@ -84,7 +84,7 @@ LEDGER_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(
         "gpucap_eventlog_rows",
         "gauge",
-        "Rows in the ledger's append-only event log.",
+        "Entries in the ledger's transparency log covered by its newest signed checkpoint.",
     ),
 )
 
