@@ -23,7 +23,6 @@ from starlette.concurrency import run_in_threadpool
 from gpucap.core.data import parse_day
 from gpucap.core.errors import GpucapError, InputError
 from gpucap.core.report import check_to_dict
-from gpucap.ledger import reconcile
 from gpucap.ledger.errors import AuthError, RejectedError, UnavailableError
 from gpucap.ledger.logapi import log_routes
 from gpucap.ledger.models import Report, WhatIf, loc_path
@@ -162,28 +161,16 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> FastAPI:
 
     @app.get("/v1/inventory")
     def inventory(request: Request, site: str | None = Query(None)) -> dict[str, Any]:
-        led = get()
-        principal = operator(request)
-        from gpucap.ledger.inventory import inventory_view
+        return get().inventory(operator(request), site)
 
-        with led.store.read() as conn:
-            fleet = led.registry(conn)
-            index = FleetIndex.of(fleet, led.pack(fleet.ruleset).tiers.resolve)
-            if site is not None:
-                _visible(led, parse_request_scope(f"site:{site}", index), principal, index)
-            return inventory_view(conn, fleet, site, principal.entity)
+    @app.get("/v1/nodes")
+    def nodes(request: Request, site: str | None = Query(None)) -> dict[str, Any]:
+        """Each visible node's last accepted seq and contact times (heartbeats are not logged)."""
+        return get().nodes(operator(request), site)
 
     @app.get("/v1/reconciliation")
     def reconciliation(request: Request) -> dict[str, Any]:
-        led = get()
-        principal = operator(request)
-        found = led.reconciliation()
-        if principal.entity is not None:
-            with led.store.read() as conn:
-                fleet = led.registry(conn)
-            own = {s.id for s in fleet.sites if s.entity == principal.entity}
-            found = reconcile.restrict(found, own)
-        return found
+        return get().reconciliation_for(operator(request))
 
     app.include_router(log_routes(get, operator))
 

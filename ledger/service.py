@@ -31,7 +31,7 @@ from gpucap.core.errors import GpucapError, InputError
 from gpucap.core.fleet import Entity, Fleet, Site
 from gpucap.core.ruleset import RulePack, load_ruleset
 from gpucap.exporters.snapshots import CapSample, LedgerSnapshot, SiteSample
-from gpucap.ledger import heap, ingest, log, reconcile, tokens
+from gpucap.ledger import heap, ingest, inventory, log, reconcile, tokens
 from gpucap.ledger.batcher import GroupCommitter
 from gpucap.ledger.documents import Document, SiteDocs
 from gpucap.ledger.errors import AuthError, UnavailableError
@@ -42,7 +42,7 @@ from gpucap.ledger.models import Report
 from gpucap.ledger.settings import Settings
 from gpucap.ledger.store import Store
 from gpucap.ledger.tables import table
-from gpucap.ledger.views import FleetIndex, with_observed
+from gpucap.ledger.views import FleetIndex, parse_request_scope, require_visible, with_observed
 
 _logger = logging.getLogger("gpucap.ledger")
 _EVAL_CACHE = 8
@@ -101,9 +101,7 @@ class Ledger:
             settings.log_integrate_interval_s,
             settings.log_checkpoint_keep_s,
         )
-        self._committer: GroupCommitter[Prepared, Outcome] = GroupCommitter(
-            self._write_reports
-        )
+        self._committer: GroupCommitter[Prepared, Outcome] = GroupCommitter(self._write_reports)
         self._lock = threading.Lock()
         self._registry: tuple[str, Fleet] | None = None
         self._sites = ingest.SiteCache()
@@ -306,6 +304,43 @@ class Ledger:
             return reconcile.findings(
                 conn, self.registry(conn), self.now(), self.settings.stale_after_s, self.today()
             )
+
+    def reconciliation_for(self, principal: tokens.Principal) -> dict[str, Any]:
+        """The findings `principal` may see (an entity-scoped operator: its own sites')."""
+        found = self.reconciliation()
+        if principal.entity is None:
+            return found
+        with self.store.read() as conn:
+            fleet = self.registry(conn)
+        own = {s.id for s in fleet.sites if s.entity == principal.entity}
+        return reconcile.restrict(found, own)
+
+    # -- inventory and nodes --------------------------------------------------------------
+    def inventory(self, principal: tokens.Principal, site: str | None) -> dict[str, Any]:
+        with self.store.read() as conn:
+            fleet = self._visible_site(conn, principal, site)
+            return inventory.inventory_view(conn, fleet, site, principal.entity)
+
+    def nodes(self, principal: tokens.Principal, site: str | None) -> dict[str, Any]:
+        with self.store.read() as conn:
+            fleet = self._visible_site(conn, principal, site)
+            return inventory.nodes_view(
+                conn, fleet, site, principal.entity, self.now(), self.settings.stale_after_s
+            )
+
+    def _visible_site(
+        self, conn: Connection, principal: tokens.Principal, site: str | None
+    ) -> Fleet:
+        """The registry, after refusing (and counting) a site the principal may not see."""
+        fleet = self.registry(conn)
+        if site is not None:
+            index = FleetIndex.of(fleet, self.pack(fleet.ruleset).tiers.resolve)
+            try:
+                require_visible(parse_request_scope(f"site:{site}", index), principal.entity, index)
+            except AuthError as exc:
+                self.refuse(exc)
+                raise
+        return fleet
 
     # -- metrics --------------------------------------------------------------------------
     def snapshot(self) -> LedgerSnapshot:

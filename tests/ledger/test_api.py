@@ -336,3 +336,27 @@ def test_metrics_findings_agree_with_the_reconciliation_api(ledger: Ledger) -> N
     while not (found := scraped()) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert found == {k: float(v) for k, v in counts.items()}
+
+
+def test_nodes_answer_the_last_accepted_seq_though_heartbeats_are_not_logged(
+    ledger: Ledger,
+) -> None:
+    for seq in (1, 2, 3):
+        assert ledger.post(report(seq=seq), ledger.tokens["n1"]).status_code == 200
+    ledger.post(report(node="n2", site="nimbus-ae-1", seq=7), ledger.tokens["n2"])
+    events = ledger.events()
+    answer = ledger.get("/v1/nodes", ledger.tokens["admin"]).json()
+    assert answer["nodes_total"] == 2
+    by_node = {n["node"]: n for n in answer["nodes"]}
+    assert by_node["n1"]["last_seq"] == 3
+    assert by_node["n1"]["site"] == "acme-ae-1"
+    assert by_node["n1"]["stale"] is False
+    assert by_node["n2"]["last_seq"] == 7
+    assert ledger.events() == events  # reading changes nothing
+    scoped = ledger.get("/v1/nodes", ledger.tokens["acme"]).json()
+    assert [n["node"] for n in scoped["nodes"]] == ["n1"]  # nimbus's node is not acme's
+    one = ledger.get("/v1/nodes", ledger.tokens["admin"], site="nimbus-ae-1").json()
+    assert [n["node"] for n in one["nodes"]] == ["n2"]
+    refused = ledger.get("/v1/nodes", ledger.tokens["acme"], site="nimbus-ae-1")
+    assert refused.status_code == 403
+    assert ledger.get("/v1/nodes", ledger.tokens["n1"]).status_code == 403
