@@ -50,4 +50,5 @@ def ledger(db_url: str, registry_file: Path, clock: Clock) -> Iterator[Ledger]:
     led = Ledger(settings, store, default_catalogue())
     led.load_registry_file(registry_file)
     yield led
+    led.stop()
     store.close()
