@@ -17,22 +17,20 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from gpucap.core.catalogue import Catalogue
 from gpucap.core.errors import GpucapError
 from gpucap.core.fleet import Fleet
 from gpucap.core.scenario import parse_scenario
-from gpucap.ledger import log
+from gpucap.ledger import db, log
 from gpucap.ledger.errors import RejectedError, UnavailableError
 from gpucap.ledger.fold import (
     Change,
     DeviceFacts,
-    DeviceRow,
     digest,
     fold_decommission,
     fold_report,
@@ -40,40 +38,7 @@ from gpucap.ledger.fold import (
 )
 from gpucap.ledger.models import Report
 from gpucap.ledger.settings import iso_instant
-from gpucap.ledger.store import HotSql, Store, bump_projection, projection_version
-from gpucap.ledger.tables import table
-
-_HEARTBEAT = HotSql(
-    "UPDATE node SET last_seq = :seq, last_seen = :now, agent_version = :agent_version "
-    "WHERE node_id = :node_id AND last_seq < :seq AND devices_digest = :digest "
-    "AND site_id = :site_id AND decommissioned_on IS NULL AND presence_day = :day"
-)
-_NODE_SQL = (
-    "SELECT node_id, site_id, last_seq, devices_digest, decommissioned_on, presence_day "
-    "FROM node WHERE node_id = :node_id"
-)
-_SELECT_NODE = {True: HotSql(_NODE_SQL), False: HotSql(_NODE_SQL + " FOR UPDATE")}
-_UPDATE_NODE = HotSql(
-    "UPDATE node SET last_seq = :seq, last_seen = :now, devices_digest = :digest, "
-    "agent_version = :agent_version, presence_day = :day WHERE node_id = :node_id"
-)
-_INSERT_NODE = HotSql(
-    "INSERT INTO node (node_id, site_id, last_seq, first_seen, last_seen, devices_digest, "
-    "presence_day, decommissioned_on, agent_version) VALUES (:node_id, :site_id, :seq, :now, "
-    ":now, :digest, :day, NULL, :agent_version) ON CONFLICT (node_id) DO NOTHING"
-)
-_SELECT_REGISTRY_DIGEST = HotSql("SELECT digest FROM registry")
-
-
-class NodeRow(NamedTuple):
-    """The `node` columns a report is checked against."""
-
-    node_id: str
-    site_id: str
-    last_seq: int
-    devices_digest: str
-    decommissioned_on: str | None
-    presence_day: str
+from gpucap.ledger.store import Store, bump_projection, projection_version
 
 
 @dataclass(frozen=True)
@@ -121,10 +86,10 @@ class Txn:
 
 def registry_sites(conn: Connection) -> dict[str, str] | None:
     """site id -> entity of the current registry, or None when no registry was loaded."""
-    reg = conn.execute(sa.select(table("registry").c.doc)).scalar_one_or_none()
+    reg = db.registry(conn)
     if reg is None:
         return None
-    doc = json.loads(reg)
+    doc = json.loads(reg.doc)
     return {str(s["id"]): str(s["entity"]) for s in doc.get("sites", [])}
 
 
@@ -144,8 +109,7 @@ class SiteCache:
         version = projection_version(conn)
         seen, digest_seen, sites = self._state
         if version != seen:
-            row = _SELECT_REGISTRY_DIGEST.one(conn)
-            current = None if row is None else row[0]
+            current = db.registry_digest(conn)
             if current != digest_seen or current is None:
                 sites = registry_sites(conn) or {}
             self._state = (version, current, sites)
@@ -202,10 +166,9 @@ def _one(
         "agent_version": r.agent_version,
         "day": day,
     }
-    if r.site_id in sites and _HEARTBEAT.run(txn.conn, params) == 1:
+    if r.site_id in sites and db.heartbeat(txn.conn, params):
         return Outcome("accepted", r.seq)
-    row = _SELECT_NODE[is_sqlite].one(txn.conn, {"node_id": r.node_id})
-    node = None if row is None else NodeRow(*row)
+    node = db.node_for_update(txn.conn, r.node_id, lock=not is_sqlite)
     try:
         _check(node, r, sites)
     except RejectedError as exc:
@@ -213,22 +176,22 @@ def _one(
     if node is not None and r.seq <= node.last_seq:
         return Outcome("duplicate", r.seq)
     if node is None:
-        if _INSERT_NODE.run(txn.conn, params) == 0:  # another process enrolled it just now
+        if not db.insert_node(txn.conn, params):  # another process enrolled it just now
             return _one(txn, p, sites, recorded_at, is_sqlite)
     elif node.devices_digest == p.digest:  # the day's first report: evidence of presence
-        _UPDATE_NODE.run(txn.conn, params)
+        db.update_node(txn.conn, params)
         body = {"node_id": r.node_id, "site_id": r.site_id, "seq": r.seq, "devices": p.digest}
         txn.append("presence", f"node:{r.node_id}", body, recorded_at)
         return Outcome("accepted", r.seq)
     else:
-        _UPDATE_NODE.run(txn.conn, params)
+        db.update_node(txn.conn, params)
     apply_devices(txn, r.node_id, r.site_id, p.facts, day, existing=node is not None)
     body = r.model_dump(mode="json", by_alias=True)
     txn.append("report", f"node:{r.node_id}", body, recorded_at)
     return Outcome("accepted", r.seq)
 
 
-def _check(node: NodeRow | None, r: Report, sites: Mapping[str, str]) -> None:
+def _check(node: db.NodeRow | None, r: Report, sites: Mapping[str, str]) -> None:
     """Refusals, in the order a user expects them (a duplicate is never refused)."""
     if node is not None and r.seq <= node.last_seq:
         return
@@ -258,18 +221,16 @@ def apply_devices(
     existing: bool = True,
 ) -> None:
     """Fold a node's reported devices into the device rows and inventory lines."""
-    rows = _devices(txn.conn, node_id) if existing else {}
+    rows = db.devices(txn.conn, node_id) if existing else {}
     _write_change(txn, fold_report(node_id, site_id, rows, facts, day))
 
 
 def decommission(store: Store, node_id: str, now: datetime, actor: str) -> int:
     """Close a node: its devices stop counting for installed-base rules from today."""
-    node_t = table("node")
     recorded_at = iso_instant(now)
     with store.write() as conn:
         txn = Txn(conn)
-        query = sa.select(node_t).where(node_t.c.node_id == node_id)
-        node = conn.execute(query if store.is_sqlite else query.with_for_update()).first()
+        node = db.node_for_update(conn, node_id, lock=not store.is_sqlite)
         if node is None:
             raise RejectedError("node", f"no node {node_id!r} has reported")
         if node.decommissioned_on is not None:
@@ -280,11 +241,8 @@ def decommission(store: Store, node_id: str, now: datetime, actor: str) -> int:
 
 
 def apply_decommission(txn: Txn, node_id: str, on: str) -> int:
-    node_t = table("node")
-    txn.conn.execute(
-        sa.update(node_t).where(node_t.c.node_id == node_id).values(decommissioned_on=on)
-    )
-    change = fold_decommission(_devices(txn.conn, node_id), on)
+    db.set_node(txn.conn, node_id, decommissioned_on=on)
+    change = fold_decommission(db.devices(txn.conn, node_id), on)
     _write_change(txn, change)
     txn.new_version()  # a decommission changes what reconciliation and the metrics see
     return len(change.rows)
@@ -302,7 +260,7 @@ def set_registry(store: Store, doc: Any, origin: str, now: datetime, actor: str)
     recorded_at = iso_instant(now)
     with store.write() as conn:
         txn = Txn(conn)
-        current = conn.execute(sa.select(table("registry").c.digest)).scalar_one_or_none()
+        current = db.registry_digest(conn)
         if current == new_digest:
             return False
         apply_registry(txn, json.loads(text), origin, recorded_at)
@@ -312,96 +270,16 @@ def set_registry(store: Store, doc: Any, origin: str, now: datetime, actor: str)
 
 
 def apply_registry(txn: Txn, doc: Any, origin: str, recorded_at: str) -> None:
-    reg_t = table("registry")
     text = log.canonical(doc)
-    values = {
-        "digest": hashlib.sha256(text.encode()).hexdigest(),
-        "doc": text,
-        "origin": origin,
-        "loaded_at": recorded_at,
-    }
-    txn.conn.execute(sa.delete(reg_t))
-    txn.conn.execute(sa.insert(reg_t).values(id=1, **values))
+    digest_ = hashlib.sha256(text.encode()).hexdigest()
+    db.replace_registry(txn.conn, digest_, text, origin, recorded_at)
     txn.new_version()
-
-
-def _devices(conn: Connection, node_id: str) -> dict[str, DeviceRow]:
-    dev_t = table("device")
-    rows = conn.execute(sa.select(dev_t).where(dev_t.c.node_id == node_id)).all()
-    return {
-        r.uuid: DeviceRow(
-            node_id=r.node_id,
-            site_id=r.site_id,
-            facts=DeviceFacts(
-                uuid=r.uuid,
-                pci_device_id=r.pci_device_id,
-                name=r.name,
-                state=r.state,
-                model=r.model,
-                tpp=r.tpp,
-                eccn_class=r.eccn_class,
-                agent_tpp=r.agent_tpp,
-                tpp_mismatch=r.tpp_mismatch,
-            ),
-            first_seen=r.first_seen,
-            gone_on=r.gone_on,
-            vanished=r.vanished,
-        )
-        for r in rows
-    }
-
-
-def _dialect(conn: Connection) -> Any:
-    return postgresql if conn.dialect.name == "postgresql" else sqlite
 
 
 def _write_change(txn: Txn, change: Change) -> None:
     if change.empty:
         return
-    conn = txn.conn
-    dev_t = table("device")
-    stmt = _dialect(conn).insert(dev_t)
-    keys = ("node_id", "uuid")
-    update = {c.name: stmt.excluded[c.name] for c in dev_t.columns if c.name not in keys}
-    rows = [
-        {
-            "node_id": r.node_id,
-            "uuid": r.facts.uuid,
-            "site_id": r.site_id,
-            "model": r.facts.model,
-            "pci_device_id": r.facts.pci_device_id,
-            "name": r.facts.name,
-            "tpp": r.facts.tpp,
-            "eccn_class": r.facts.eccn_class,
-            "agent_tpp": r.facts.agent_tpp,
-            "tpp_mismatch": r.facts.tpp_mismatch,
-            "state": r.facts.state,
-            "first_seen": r.first_seen,
-            "gone_on": r.gone_on,
-            "vanished": r.vanished,
-        }
-        for r in change.rows
-    ]
-    conn.execute(stmt.on_conflict_do_update(index_elements=list(keys), set_=update), rows)
-    # Device rows change what reconciliation sees even when no line moves: a new version.
-    version = txn.new_version()
-    line_t = table("inventory_line")
-    line_stmt = _dialect(conn).insert(line_t)
-    # Rows carry the version this transaction commits; none is deleted (see InventoryLine).
-    for spec, delta in sorted(change.line_deltas.items()):
-        conn.execute(
-            line_stmt.values(
-                key=spec.key,
-                site_id=spec.site_id,
-                model=spec.model,
-                tpp=spec.tpp,
-                eccn_class=spec.eccn_class,
-                installed=spec.installed,
-                removed=spec.removed or None,
-                count=delta,
-                version=version,
-            ).on_conflict_do_update(
-                index_elements=["key"],
-                set_={"count": line_t.c.count + delta, "version": version},
-            )
-        )
+    db.write_devices(txn.conn, change)
+    # Device rows change what reconciliation sees even when no line moves: a new version, taken
+    # after the device rows and before the lines that carry it (the shortest lock, see store).
+    db.write_lines(txn.conn, change, txn.new_version())

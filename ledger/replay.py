@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from sqlalchemy.engine import Connection
 
 from gpucap.core.catalogue import Catalogue
-from gpucap.ledger import ingest
+from gpucap.ledger import db, ingest
 from gpucap.ledger.errors import LedgerError, LogBrokenError
 from gpucap.ledger.models import Report, loc_path
 from gpucap.ledger.settings import Settings
@@ -69,7 +69,7 @@ def apply_entry(txn: ingest.Txn, where: str, leaf: str, catalogue: Catalogue) ->
         report = _recorded_report(where, body)
         p = ingest.prepare(report, catalogue)
         existing = _set_node(txn.conn, report.node_id, report.site_id, report.seq, recorded_at)
-        _update_node(txn.conn, report.node_id, {"devices_digest": p.digest})
+        db.set_node(txn.conn, report.node_id, devices_digest=p.digest)
         day = recorded_at[:10]
         ingest.apply_devices(txn, report.node_id, report.site_id, p.facts, day, existing=existing)
     elif kind == "presence":
@@ -92,53 +92,28 @@ def _recorded_report(where: str, body: Any) -> Report:
 
 def _set_node(conn: Connection, node_id: str, site_id: str, seq: int, at: str) -> bool:
     """Advance (or create) a node's row from an entry; True if it existed."""
-    node_t = table("node")
-    row = conn.execute(sa.select(node_t.c.last_seq).where(node_t.c.node_id == node_id)).first()
     values = {"last_seq": seq, "last_seen": at, "presence_day": at[:10]}
-    if row is None:
-        conn.execute(
-            sa.insert(node_t).values(
-                node_id=node_id,
-                site_id=site_id,
-                first_seen=at,
-                devices_digest="",
-                decommissioned_on=None,
-                agent_version="",
-                **values,
-            )
-        )
+    if not db.node_exists(conn, node_id):
+        db.new_node(conn, node_id, site_id, at, **values)
         return False
-    _update_node(conn, node_id, values)
+    db.set_node(conn, node_id, **values)
     return True
-
-
-def _update_node(conn: Connection, node_id: str, values: dict[str, Any]) -> None:
-    node_t = table("node")
-    conn.execute(sa.update(node_t).where(node_t.c.node_id == node_id).values(**values))
 
 
 def rebuild(store: Store, catalogue: Catalogue) -> int:
     """Drop every projection and replay the log into it; returns the entries replayed."""
-    node_t = table("node")
     n = 0
     with store.write() as conn:
         txn = ingest.Txn(conn)
-        live = {r.node_id: r for r in conn.execute(sa.select(node_t))}
-        for name in ("device", "node", "registry"):
-            conn.execute(sa.delete(table(name)))
-        # Lines are zeroed, not deleted, at the version the rebuild commits: a reader holding
-        # an older version re-reads every row, and a line the replay no longer makes stays a
-        # tombstone, so that it is seen to be gone.
-        line_t = table("inventory_line")
-        conn.execute(sa.update(line_t).values(count=0, version=txn.new_version()))
+        live = db.liveness(conn)
+        db.clear_projections(conn, txn.new_version())
         for where, leaf in list(read_log(conn)):
             apply_entry(txn, where, leaf, catalogue)
             n += 1
-        for row in conn.execute(sa.select(node_t.c.node_id, node_t.c.last_seq)).all():
-            old = live.get(row.node_id)
-            if old is not None and old.last_seq > row.last_seq:
-                keep = {k: getattr(old, k) for k in ("last_seq", "last_seen", "agent_version")}
-                _update_node(conn, row.node_id, keep)
+        for node_id, (last_seq, _seen, _version) in db.liveness(conn).items():
+            old = live.get(node_id)
+            if old is not None and old[0] > last_seq:
+                db.set_node(conn, node_id, last_seq=old[0], last_seen=old[1], agent_version=old[2])
     return n
 
 
