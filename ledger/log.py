@@ -17,7 +17,7 @@ and never re-serialise them.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -224,3 +224,23 @@ def consistency(conn: Connection, first: int, second: int) -> list[bytes]:
 def root_at(conn: Connection, size: int) -> bytes:
     """The root of the tree of `size` leaves, from the stored perfect subtrees."""
     return merkle.root_from_frontier(_frontier(conn, size))
+
+
+def in_order(conn: Connection, batch: int = 2000) -> Iterator[tuple[str, str]]:
+    """(where, leaf text) of every entry: integrated ones by index, then pending ones by
+    arrival (the order a replay applies them in), fetched in pages."""
+    t = table("log_entry")
+    after = -1
+    while True:
+        rows = conn.execute(
+            sa.select(t.c.idx, t.c.leaf).where(t.c.idx > after).order_by(t.c.idx).limit(batch)
+        ).all()
+        for idx, leaf in rows:
+            yield f"entry[{idx}]", leaf
+        if len(rows) < batch:
+            break
+        after = rows[-1][0]
+    for entry_id, leaf in conn.execute(
+        sa.select(t.c.id, t.c.leaf).where(t.c.idx.is_(None)).order_by(t.c.id)
+    ):
+        yield f"pending entry (id {entry_id})", leaf

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +19,13 @@ from pydantic import ValidationError
 from sqlalchemy.engine import Connection
 
 from gpucap.core.catalogue import Catalogue
-from gpucap.ledger import db, ingest
+from gpucap.ledger import db, ingest, log
 from gpucap.ledger.errors import LedgerError, LogBrokenError
 from gpucap.ledger.models import Report, loc_path
 from gpucap.ledger.settings import Settings
 from gpucap.ledger.store import Store
 from gpucap.ledger.tables import table
 
-_BATCH = 2000
 # The projection tables an auditor's replay must reproduce, with their key columns, and the
 # columns that are liveness rather than history (the live value may only be ahead).
 _COMPARED = {
@@ -38,25 +36,6 @@ _COMPARED = {
 }
 _LIVENESS = {"last_seq", "last_seen", "agent_version", "presence_day"}
 _IGNORED = {"version"}  # which version wrote a line is bookkeeping, not history
-
-
-def read_log(conn: Connection) -> Iterator[tuple[str, str]]:
-    """(where, leaf text) of every entry: integrated by index, then pending by arrival."""
-    t = table("log_entry")
-    after = -1
-    while True:
-        rows = conn.execute(
-            sa.select(t.c.idx, t.c.leaf).where(t.c.idx > after).order_by(t.c.idx).limit(_BATCH)
-        ).all()
-        if not rows:
-            break
-        for idx, leaf in rows:
-            yield f"entry[{idx}]", leaf
-        after = rows[-1][0]
-    for entry_id, leaf in conn.execute(
-        sa.select(t.c.id, t.c.leaf).where(t.c.idx.is_(None)).order_by(t.c.id)
-    ):
-        yield f"pending entry (id {entry_id})", leaf
 
 
 def apply_entry(txn: ingest.Txn, where: str, leaf: str, catalogue: Catalogue) -> None:
@@ -107,7 +86,7 @@ def rebuild(store: Store, catalogue: Catalogue) -> int:
         txn = ingest.Txn(conn)
         live = db.liveness(conn)
         db.clear_projections(conn, txn.new_version())
-        for where, leaf in list(read_log(conn)):
+        for where, leaf in list(log.in_order(conn)):
             apply_entry(txn, where, leaf, catalogue)
             n += 1
         for node_id, (last_seq, _seen, _version) in db.liveness(conn).items():
@@ -126,7 +105,7 @@ def compare(store: Store, catalogue: Catalogue) -> int:
             n = 0
             with store.read() as live, scratch.write() as conn:
                 txn = ingest.Txn(conn)
-                for where, leaf in read_log(live):
+                for where, leaf in log.in_order(live):
                     apply_entry(txn, where, leaf, catalogue)
                     n += 1
             with store.read() as live, scratch.read() as replayed:
