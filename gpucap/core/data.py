@@ -2,7 +2,8 @@
 
 YAML is read with YAML 1.2 scalar rules: only `true`/`false` are booleans (so the country code
 `NO` stays a string) and dates stay strings until `parse_day` reads them with the field path (so
-an impossible date is a clear input error, not a loader crash).
+an impossible date is a clear input error, not a loader crash). `yamlload` holds the rules and
+the loaders (libyaml's C parser where PyYAML has it, PyYAML's pure-Python parser otherwise).
 """
 
 from __future__ import annotations
@@ -15,29 +16,15 @@ from typing import Any
 
 import yaml
 
+from gpucap.core import yamlload
 from gpucap.core.errors import DataError, InputError
 
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_BOOL = "tag:yaml.org,2002:bool"
-_TIMESTAMP = "tag:yaml.org,2002:timestamp"
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 booleans and no implicit timestamps."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag not in (_BOOL, _TIMESTAMP)]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(
-    _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
 
 
 def load_yaml_text(text: str) -> Any:
     """Parse YAML text with the project's scalar rules (raises yaml.YAMLError)."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 (_Loader is a SafeLoader)
+    return yamlload.load(text)
 
 
 def parse_day(value: Any) -> date:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import date
 from fractions import Fraction
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -21,7 +22,18 @@ from gpucap.core.errors import InputError
 from gpucap.core.fleet import CountryFacts, Entity, Fleet, Line, Site
 from gpucap.core.ruleset import country_codes
 
-Day = Annotated[date, BeforeValidator(parse_day)]
+
+@lru_cache(maxsize=4096)
+def _day_text(text: str) -> date:
+    return parse_day(text)
+
+
+def _day(value: Any) -> date:
+    """`parse_day`, read once per distinct text: a large inventory repeats its dates."""
+    return _day_text(value) if type(value) is str else parse_day(value)
+
+
+Day = Annotated[date, BeforeValidator(_day)]
 Ident = Annotated[
     str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 ]
@@ -141,8 +153,10 @@ def parse_scenario(doc: Any, catalogue: Catalogue | None = None, origin: str = "
         _check_code(s.country, f"{path}.country", valid)
         sites[s.id] = Site(s.id, s.entity, s.country)
 
+    resolved: dict[object, tuple[Fraction, str]] = {}
     lines = tuple(
-        _line(item, f"inventory[{i}]", sites, catalogue) for i, item in enumerate(raw.inventory)
+        _line(item, f"inventory[{i}]", sites, catalogue, resolved)
+        for i, item in enumerate(raw.inventory)
     )
     countries = {c: CountryFacts(c, f.gov_agreement) for c, f in raw.countries.items()}
     return Fleet(
@@ -150,7 +164,15 @@ def parse_scenario(doc: Any, catalogue: Catalogue | None = None, origin: str = "
     )
 
 
-def _line(item: _Line, path: str, sites: dict[str, Site], catalogue: Catalogue) -> Line:
+def _line(
+    item: _Line,
+    path: str,
+    sites: dict[str, Site],
+    catalogue: Catalogue,
+    resolved: dict[object, tuple[Fraction, str]],
+) -> Line:
+    """One inventory line; `resolved` keeps the TPP and class of each model or inline TPP/area
+    seen so far (thousands of lines share a few)."""
     if item.site not in sites:
         raise InputError(f"{path}.site", f"no site with id {item.site!r}")
     if item.removed is not None and item.removed <= item.installed:
@@ -158,18 +180,27 @@ def _line(item: _Line, path: str, sites: dict[str, Site], catalogue: Catalogue) 
     if item.model is not None:
         if item.tpp is not None or item.die_area_mm2 is not None or item.datacenter is not None:
             raise InputError(path, "give either model or tpp/die_area_mm2/datacenter, not both")
-        acc = catalogue.get(item.model)
-        if acc is None:
-            raise InputError(
-                f"{path}.model", f"unknown model {item.model!r} (see gpucap catalogue)"
-            )
-        tpp, eccn_class = Fraction(acc.tpp), acc.eccn_class
+        known = resolved.get(item.model)
+        if known is None:
+            acc = catalogue.get(item.model)
+            if acc is None:
+                raise InputError(
+                    f"{path}.model", f"unknown model {item.model!r} (see gpucap catalogue)"
+                )
+            known = resolved[item.model] = (Fraction(acc.tpp), acc.eccn_class)
+        tpp, eccn_class = known
     else:
         if item.tpp is None:
             raise InputError(path, "give either model or tpp")
-        tpp = Fraction(str(item.tpp))
         datacenter = True if item.datacenter is None else item.datacenter
-        eccn_class = classify(tpp, item.die_area_mm2, datacenter, catalogue.thresholds).eccn_class
+        key = (item.tpp, item.die_area_mm2, datacenter)
+        known = resolved.get(key)
+        if known is None:
+            per_device = Fraction(str(item.tpp))
+            thresholds = catalogue.thresholds
+            found = classify(per_device, item.die_area_mm2, datacenter, thresholds)
+            known = resolved[key] = (per_device, found.eccn_class)
+        tpp, eccn_class = known
         if eccn_class == INDETERMINATE:
             raise InputError(
                 f"{path}.die_area_mm2",
