@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.agent_bench
 	$(BIN)/python -m benchmarks.exporters_bench
 	$(BIN)/python -m benchmarks.ledger_bench
+	$(BIN)/python -m benchmarks.evaluate_bench
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info
