@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -24,6 +23,7 @@ from gpucap.core.data import parse_day
 from gpucap.core.errors import GpucapError, InputError
 from gpucap.core.report import check_to_dict
 from gpucap.ledger.errors import AuthError, RejectedError, UnavailableError
+from gpucap.ledger.evaluations import View
 from gpucap.ledger.logapi import log_routes
 from gpucap.ledger.models import Report, WhatIf, loc_path
 from gpucap.ledger.service import Ledger
@@ -144,8 +144,7 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> FastAPI:
         """The checks of `gpucap evaluate` over registry plus observed inventory, by scope."""
         led = get()
         principal = operator(request)
-        answer = headroom_answer(led, principal, scope, as_of)
-        return Response(json.dumps(answer), media_type="application/json")
+        return Response(headroom_body(led, principal, scope, as_of), media_type="application/json")
 
     @app.post("/v1/whatif")
     async def whatif(request: Request) -> dict[str, Any]:
@@ -198,17 +197,33 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> FastAPI:
     return app
 
 
+def headroom_body(led: Ledger, principal: Principal, scope: str | None, as_of: str | None) -> bytes:
+    """The `/v1/headroom` answer's JSON for one caller (the route's whole logic, also
+    benchmarked), cached per (view, token entity, scope)."""
+    view, requested = _headroom(led, principal, scope, as_of)
+    return view.document.body(principal.entity, requested)
+
+
 def headroom_answer(
     led: Ledger, principal: Principal, scope: str | None, as_of: str | None
 ) -> dict[str, Any]:
-    """The `/v1/headroom` document for one caller (the route's whole logic, also benchmarked)."""
+    """The `/v1/headroom` document for one caller, as data (`headroom_body` is its JSON)."""
+    view, requested = _headroom(led, principal, scope, as_of)
+    return view.document.answer(principal.entity, requested)
+
+
+def _headroom(
+    led: Ledger, principal: Principal, scope: str | None, as_of: str | None
+) -> tuple[View, tuple[str, str] | None]:
+    """The view a headroom request reads and its parsed scope (refused, and counted, when the
+    principal may not see it)."""
     day = _parse_day(as_of, "as_of", led.today())
     view = led.view(day)
     requested = None
     if scope:
         requested = parse_request_scope(scope, view.index)
         _visible(led, requested, principal, view.index)
-    return view.document.answer(principal.entity, requested)
+    return view, requested
 
 
 def _visible(

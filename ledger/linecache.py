@@ -4,7 +4,8 @@ Every write to `inventory_line` sets the row's `version` to the projection versi
 (and keeps a line whose count reaches 0 as a tombstone), so a reader that holds the lines of
 version V needs only the rows with `version > V`. A process's `LineSet` is a memo, never a
 source: it is checked against the projection version read in the same snapshot as the rows, and
-without a base (or with one newer than the database) the reader reads every row.
+without a base (or with one newer than the database) the reader reads every row. A patch also
+says which sites it touched, so that the engine re-adds only those (`sites_changed_since`).
 """
 
 from __future__ import annotations
@@ -25,13 +26,35 @@ _SINCE_SQL = _SELECT + " WHERE version > "
 _VERSION_SQL = "SELECT projection_version FROM ledger_state WHERE id = 1"
 
 
+_HISTORY = 64  # patches a LineSet remembers the touched sites of
+
+
 @dataclass(frozen=True)
 class LineSet:
-    """The engine lines (count > 0) by `inventory_line.key`, as of one projection version.
-    Never modified: a patch builds a new LineSet."""
+    """The engine lines (count > 0) by `inventory_line.key`, and by site (site -> key -> line),
+    as of one projection version. Never modified: a patch builds a new LineSet, which shares
+    the per-site dicts of the sites it did not touch. `history`: (from, to, sites touched) of
+    the patches that led here, oldest first (empty after a full read)."""
 
     version: int
     lines: dict[str, Line]
+    by_site: dict[str, dict[str, Line]]
+    history: tuple[tuple[int, int, frozenset[str]], ...] = ()
+
+    def sites_changed_since(self, version: int) -> frozenset[str] | None:
+        """The sites whose lines may differ from those at `version` (a superset), or None when
+        the patches remembered do not reach back to it."""
+        if version == self.version:
+            return frozenset()
+        touched: set[str] = set()
+        for start, _, sites in reversed(self.history):
+            touched |= sites
+            if start == version:
+                return frozenset(touched)
+        return None
+
+    def site_lines(self, site: str) -> tuple[Line, ...]:
+        return tuple(self.by_site.get(site, {}).values())
 
 
 def read_lines(conn: Connection, base: LineSet | None) -> tuple[LineSet, int]:
@@ -48,24 +71,40 @@ def read_lines(conn: Connection, base: LineSet | None) -> tuple[LineSet, int]:
         version = int(cur.fetchone()[0])  # type: ignore[index]  # the state row always exists
         if base is not None and base.version == version:
             return base, 0
-        per_device: dict[int, Fraction] = {}
-        if base is None or base.version > version:
+        full = base is None or base.version > version
+        if full:
             cur.execute(_ALL_SQL)
             rows = cur.fetchall()
             lines: dict[str, Line] = {}
+            by_site: dict[str, dict[str, Line]] = {}
         else:
+            assert base is not None
             mark = "?" if conn.dialect.name == "sqlite" else "%s"
             cur.execute(_SINCE_SQL + mark, (base.version,))
             rows = cur.fetchall()
             lines = dict(base.lines)  # a changed key keeps its place: unchanged sites compare equal
+            by_site = dict(base.by_site)
+        touched: set[str] = set()  # sites whose dict in `by_site` is this patch's own copy
+        per_device: dict[int, Fraction] = {}
+
+        def own(site: str) -> dict[str, Line]:
+            if site not in touched:
+                touched.add(site)
+                by_site[site] = dict(by_site.get(site, {}))
+            return by_site[site]
+
         for key, site_id, model, tpp, eccn_class, installed, removed, count in rows:
+            held = own(site_id)
+            gone = lines.pop(key, None) if count <= 0 else lines.get(key)
+            if gone is not None and gone.site != site_id:  # keys name their site: defensive
+                own(gone.site).pop(key, None)
             if count <= 0:
-                lines.pop(key, None)
+                held.pop(key, None)
                 continue
             per = per_device.get(tpp)
             if per is None:
                 per = per_device[tpp] = Fraction(tpp)
-            lines[key] = Line(
+            line = Line(
                 site=site_id,
                 count=count,
                 tpp_per_device=per,
@@ -74,6 +113,12 @@ def read_lines(conn: Connection, base: LineSet | None) -> tuple[LineSet, int]:
                 removed=date.fromisoformat(removed) if removed else None,
                 model=model,
             )
-        return LineSet(version, lines), len(rows)
+            lines[key] = held[key] = line
+        history: tuple[tuple[int, int, frozenset[str]], ...] = ()
+        if not full:
+            assert base is not None
+            patch = (base.version, version, frozenset(touched))
+            history = (*base.history[-(_HISTORY - 1) :], patch)
+        return LineSet(version, lines, by_site, history), len(rows)
     finally:
         cur.close()

@@ -13,39 +13,36 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from gpucap.core.catalogue import Catalogue, default_catalogue
 from gpucap.core.data import read_yaml
-from gpucap.core.engine import Evaluation, SiteMemo, evaluate
+from gpucap.core.engine import Evaluation, evaluate
 from gpucap.core.errors import GpucapError, InputError
-from gpucap.core.fleet import Entity, Fleet, Site
+from gpucap.core.fleet import Fleet
 from gpucap.core.ruleset import RulePack, load_ruleset
 from gpucap.exporters.snapshots import CapSample, LedgerSnapshot, SiteSample
-from gpucap.ledger import heap, ingest, inventory, log, reconcile, tokens
+from gpucap.ledger import db, heap, ingest, inventory, log, reconcile, tokens
 from gpucap.ledger.batcher import GroupCommitter
-from gpucap.ledger.documents import Document, SiteDocs
 from gpucap.ledger.errors import AuthError, UnavailableError
+from gpucap.ledger.evaluations import Evaluations, View
 from gpucap.ledger.ingest import Outcome, Prepared
 from gpucap.ledger.integrator import Integrator
-from gpucap.ledger.linecache import LineSet, read_lines
+from gpucap.ledger.linecache import LineSet
 from gpucap.ledger.models import Report
 from gpucap.ledger.settings import Settings
 from gpucap.ledger.store import Store
-from gpucap.ledger.tables import table
-from gpucap.ledger.views import FleetIndex, parse_request_scope, require_visible, with_observed
+from gpucap.ledger.views import FleetIndex, parse_request_scope, require_visible
 
 _logger = logging.getLogger("gpucap.ledger")
-_EVAL_CACHE = 8
 
 
 def registry_doc(path: Path, catalogue: Catalogue) -> Any:
@@ -66,22 +63,6 @@ def serving_policy(ledger: Ledger) -> None:
     benchmark that stands in for them): freeze the start-up heap, and each cached evaluation."""
     ledger.freeze_evaluations = True
     heap.settle_startup()
-
-
-@dataclass(frozen=True)
-class View:
-    """One cached evaluation: the engine's answer, its fleet, look-ups, and the JSON document
-    (built in parts, as answers ask for them)."""
-
-    evaluation: Evaluation
-    fleet: Fleet
-    index: FleetIndex
-    document: Document
-
-    @property
-    def doc(self) -> dict[str, Any]:
-        """The whole, unfiltered document."""
-        return self.document.full()
 
 
 class Ledger:
@@ -105,18 +86,9 @@ class Ledger:
         self._lock = threading.Lock()
         self._registry: tuple[str, Fleet] | None = None
         self._sites = ingest.SiteCache()
-        self._evals: OrderedDict[tuple[date, int], View] = OrderedDict()
         self._packs: dict[str, RulePack] = {}
-        # Engine lines of the newest inventory read: a base that the next read patches with
-        # the rows written since, never a source (see linecache.py).
-        self._lineset: LineSet | None = None
-        # `serving_policy` turns this on in serving processes (see heap.py); off in tests.
-        self.freeze_evaluations = False
-        # Per-site engine parts and document entries of the last evaluations: memos that let an
-        # evaluation after a small change recompute only the changed sites (never a source).
-        self._memo = SiteMemo()
-        self._site_docs: SiteDocs = SiteDocs()
-        self._index: tuple[tuple[Site, ...], tuple[Entity, ...], RulePack, FleetIndex] | None = None
+        # The cached evaluations by (as_of, projection version), and what makes the next one.
+        self.evaluations = Evaluations(store, self.registry, self.pack)
         # Per-process counters (the Prometheus convention for counters; sum across processes).
         self.reports_total: Counter[str] = Counter()
         self.auth_refusals_total: Counter[str] = Counter()
@@ -137,8 +109,7 @@ class Ledger:
 
     def registry(self, conn: Connection) -> Fleet:
         """The registry's Fleet as the database holds it now (parsed once per digest)."""
-        reg_t = table("registry")
-        row = conn.execute(sa.select(reg_t.c.digest, reg_t.c.doc, reg_t.c.origin)).first()
+        row = db.registry(conn)
         if row is None:
             raise UnavailableError("registry", "no registry loaded (serve --registry FILE)")
         cached = self._registry
@@ -243,55 +214,23 @@ class Ledger:
         return view.evaluation, view.fleet
 
     def view(self, as_of: date) -> View:
-        """The evaluation on `as_of` with its index and JSON document, cached per projection
-        version (one small query per call validates the cache against the database)."""
-        version = self.store.state().projection_version
-        key = (as_of, version)
-        with self._lock:
-            hit = self._evals.get(key)
-            if hit is not None:
-                self._evals.move_to_end(key)
-                return hit
-        with self.store.snapshot() as conn:
-            registry = self.registry(conn)
-            lineset, _ = read_lines(conn, self._lineset)
-        with self._lock:
-            if self._lineset is None or self._lineset.version <= lineset.version:
-                self._lineset = lineset
-        # The version the lines were read at (a write may have landed since the first look).
-        version = lineset.version
-        key = (as_of, version)
-        fleet = with_observed(registry, lineset.lines.values())
-        pack = self.pack(fleet.ruleset)
-        ev = evaluate(fleet, pack, as_of, self._memo)
-        index = self._fleet_index(fleet, pack)
-        view = View(ev, fleet, index, Document(ev, index, self._site_docs))
-        with self._lock:
-            # Versions only grow: an older version's views can never be asked for again, and
-            # dropping them at once keeps the heap (and the garbage collector's passes) small.
-            for stale in [k for k in self._evals if k[1] < version]:
-                del self._evals[stale]
-            self._evals[key] = view
-            while len(self._evals) > _EVAL_CACHE:
-                self._evals.popitem(last=False)
-        if self.freeze_evaluations:
-            heap.settle_after_evaluation()
-        return view
+        """The evaluation on `as_of` with its index and answers, cached per projection version
+        (one small query per call validates the cache against the database)."""
+        return self.evaluations.view(as_of)
 
-    def _fleet_index(self, fleet: Fleet, pack: RulePack) -> FleetIndex:
-        """The registry's look-ups, rebuilt only when the registry (its parsed tuples) or the
-        pack changed: they do not depend on the observed lines."""
-        cached = self._index
-        if (
-            cached is not None
-            and cached[0] is fleet.sites
-            and cached[1] is fleet.entities
-            and cached[2] is pack
-        ):
-            return cached[3]
-        index = FleetIndex.of(fleet, pack.tiers.resolve)
-        self._index = (fleet.sites, fleet.entities, pack, index)
-        return index
+    @property
+    def freeze_evaluations(self) -> bool:
+        """Whether each newly cached evaluation is frozen (`serving_policy`; off in tests)."""
+        return self.evaluations.freeze
+
+    @freeze_evaluations.setter
+    def freeze_evaluations(self, on: bool) -> None:
+        self.evaluations.freeze = on
+
+    @property
+    def _lineset(self) -> LineSet | None:
+        """The newest inventory read (tests compare it with a full read)."""
+        return self.evaluations.lineset
 
     # -- reconciliation -------------------------------------------------------------------
     def reconciliation(self) -> dict[str, Any]:

@@ -42,7 +42,7 @@ def scope_parts(scope: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class FleetIndex:
-    """Look-ups over a fleet's registry, built once per cached evaluation (10,000s of sites).
+    """Look-ups over a fleet's registry, built once per registry and pack (10,000s of sites).
 
     `countries` maps every code a site names, and every code those are treated as, to the
     country the engine's checks use (HK -> CN, CN -> CN); `site_country` is a site's resolved
@@ -154,6 +154,55 @@ def require_visible(requested: tuple[str, str], entity: str | None, index: Fleet
         )
 
 
+@dataclass(frozen=True)
+class Cut:
+    """What one caller sees of what it asked for: the one definition of the checks and sites of
+    a scoped answer (`entity`: the token's entity limit; `requested`: a parsed scope)."""
+
+    index: FleetIndex
+    entity: str | None
+    requested: tuple[str, str] | None
+
+    @property
+    def everything(self) -> bool:
+        return self.entity is None and self.requested is None
+
+    def check(self, scope: str) -> bool:
+        """Whether a check of this scope is in the answer."""
+        if not can_see(scope, self.entity, self.index):
+            return False
+        return self.requested is None or matches(scope, self.requested, self.index)
+
+    def site(self, site_id: str, entity: str) -> bool:
+        """Whether a site (its id and entity) is in the answer."""
+        if self.entity is not None and entity != self.entity:
+            return False
+        if self.requested is None:
+            return True
+        kind, value = self.requested
+        if kind == "country":  # `value` is resolved; a site names its own code
+            return self.index.site_country.get(site_id) == value
+        return (entity if kind == "entity" else site_id) == value
+
+
+def verdict(statuses: Iterable[str]) -> str:
+    """A document's verdict over the statuses of the checks in it."""
+    return "breach" if any(s == "breach" for s in statuses) else "ok"
+
+
+def scoped(
+    doc: Mapping[str, Any], checks: list[dict[str, Any]], sites: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """An `evaluation_to_dict` document (or its head) with only these checks and sites, and the
+    verdict over them."""
+    return {
+        **doc,
+        "verdict": verdict(c["status"] for c in checks),
+        "checks": checks,
+        "sites": sites,
+    }
+
+
 def filtered(
     doc: Mapping[str, Any],
     index: FleetIndex,
@@ -161,34 +210,15 @@ def filtered(
     requested: tuple[str, str] | None,
 ) -> dict[str, Any]:
     """An `evaluation_to_dict` document cut to the checks and sites the caller may see and
-    asked for; the verdict is recomputed over what is left."""
-
-    def keep(check: Mapping[str, Any]) -> bool:
-        scope = str(check["scope"])
-        if not can_see(scope, entity, index):
-            return False
-        return requested is None or matches(scope, requested, index)
-
-    def keep_site(site: Mapping[str, Any]) -> bool:
-        if entity is not None and site["entity"] != entity:
-            return False
-        if requested is None:
-            return True
-        kind, value = requested
-        if kind == "country":  # `value` is resolved; a site names its own code
-            return index.site_country.get(str(site["id"])) == value
-        field = {"entity": "entity", "site": "id"}[kind]
-        return bool(site[field] == value)
-
-    if entity is None and requested is None:
+    asked for (`Cut`); the verdict is recomputed over what is left."""
+    cut = Cut(index, entity, requested)
+    if cut.everything:
         return dict(doc)
-    checks = [c for c in doc["checks"] if keep(c)]
-    return {
-        **doc,
-        "verdict": "breach" if any(c["status"] == "breach" for c in checks) else "ok",
-        "checks": checks,
-        "sites": [s for s in doc["sites"] if keep_site(s)],
-    }
+    return scoped(
+        doc,
+        [c for c in doc["checks"] if cut.check(str(c["scope"]))],
+        [s for s in doc["sites"] if cut.site(str(s["id"]), str(s["entity"]))],
+    )
 
 
 def _resolve(item: Placement, path: str, catalogue: Catalogue) -> tuple[Fraction, str, str | None]:

@@ -1,62 +1,46 @@
 """The cap engine: a pure function of (fleet, rule pack, date) to checks and per-site totals.
 
-Each rule kind has one function here. Headroom is in TPP and may be negative:
-  cap            limit - used
-  maximum share  (s*T - X) / (1 - s)   TPP that can still be added in that country
-  minimum share  R/m - T               TPP that can still be added outside the region
-where T is the entity's installed base, X its base in the country and R its base in the region.
+The work per line is done per site (`siteparts.py`); the rules add the sites' parts up over
+groups of sites (`checks.py`). A `Tally` is an evaluation together with the parts and per-group
+sums it was added up from, so that `retally` can take a few changed sites' parts off and put
+their new ones on, remaking only the checks of the groups they are in: after one site changed,
+the work is that site's, not the fleet's. `evaluate(..., memo=)` finds the changed sites itself
+by comparing each site's lines with last time's; the ledger, whose line reads know them, calls
+`retally` directly.
 
 Sums are exact: a line's TPP is a plain int when it is whole (catalogue TPP always is) and a
 Fraction otherwise (int + Fraction is a Fraction), so tens of thousands of lines add as ints and
-only the few figures a check reports become Fractions.
+only the few figures a check reports become Fractions; taking a part off and on again is exact.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections import OrderedDict
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from fractions import Fraction
-from typing import Any, Literal
+from itertools import chain
 
+from gpucap.core.checks import BoundRule, Check, Status, bind
 from gpucap.core.errors import InputError
-from gpucap.core.fleet import Fleet, Site
-from gpucap.core.ruleset import (
-    ConsigneeAnnual,
-    CountryAllocation,
-    MaxSharePerCountry,
-    MinShareInRegion,
-    NveuInstalledBase,
-    Prohibition,
-    Provenance,
-    Rule,
-    RulePack,
-)
-from gpucap.core.siteparts import SiteMemo, SiteTotal, Tpp, fresh_parts
+from gpucap.core.fleet import Fleet, Line, Site
+from gpucap.core.ruleset import RulePack
+from gpucap.core.siteparts import Registry, SitePart, SiteTotal, Tpp, lines_by_site, site_part
 from gpucap.core.siteparts import line_tpp as line_tpp  # re-exported: part of the engine's API
 
-__all__ = ["Check", "Evaluation", "RulesetState", "SiteMemo", "SiteTotal", "evaluate", "line_tpp"]
-
-Status = Literal["ok", "breach"]
-
-
-@dataclass(frozen=True)
-class Check:
-    """One rule applied to one scope. Caps set `limit_tpp`; share rules set the share fields."""
-
-    rule: str
-    kind: str
-    scope: str
-    status: Status
-    used_tpp: Fraction
-    headroom_tpp: Fraction
-    provenance: Provenance
-    limit_tpp: Fraction | None = None
-    share: Fraction | None = None
-    limit_share: Fraction | None = None
-    total_tpp: Fraction | None = None
-    note: str | None = None
+__all__ = [
+    "Check",
+    "Evaluation",
+    "RulesetState",
+    "SiteMemo",
+    "SiteTotal",
+    "Tally",
+    "evaluate",
+    "line_tpp",
+    "retally",
+    "tally",
+]
 
 
 @dataclass(frozen=True)
@@ -88,217 +72,6 @@ class Evaluation:
         return "breach" if any(c.status == "breach" for c in self.checks) else "ok"
 
 
-class _Context:
-    """The fleet on one date, shared by the rule functions: registry indexes and site parts."""
-
-    def __init__(self, fleet: Fleet, pack: RulePack, as_of: date, memo: SiteMemo | None) -> None:
-        self.fleet, self.pack, self.as_of = fleet, pack, as_of
-        if memo is None:
-            registry, parts = fresh_parts(fleet, pack, as_of)
-        else:
-            registry, parts = memo.parts(fleet, pack, as_of)
-        self.parts = parts
-        self.entities = registry.entities
-        self.sites = registry.sites
-        self.country = registry.country
-        self.tier = registry.tier
-        self.site_entity = registry.site_entity
-        self.sites_by_entity = registry.sites_by_entity
-        self.sites_by_country = registry.sites_by_country
-        self._countries_by_tier = registry.countries_by_tier
-        self.active_by_site: dict[str, Tpp] = {k: p.active_tpp for k, p in parts.items()}
-        # Each line-level rule's index among the rules of its kind (a site part's order).
-        self.rule_slot: dict[int, int] = {}
-        for kind in (CountryAllocation, ConsigneeAnnual):
-            for i, rule in enumerate(r for r in pack.rules if isinstance(r, kind)):
-                self.rule_slot[id(rule)] = i
-
-    def sites_of(self, entity: str) -> list[Site]:
-        return self.sites_by_entity.get(entity, [])
-
-    def countries_with_sites(self, tier: int) -> list[str]:
-        return self._countries_by_tier.get(tier, [])
-
-    def active_tpp(self, sites: Iterable[Site]) -> Tpp:
-        active = self.active_by_site
-        return sum(active.get(s.id, 0) for s in sites)
-
-
-def _cap(
-    rule: Rule, kind: str, scope: str, used_tpp: Tpp, limit: Fraction, note: str | None = None
-) -> Check:
-    used = Fraction(used_tpp)
-    return Check(
-        rule=rule.id,
-        kind=kind,
-        scope=scope,
-        status="breach" if used > limit else "ok",
-        used_tpp=used,
-        headroom_tpp=limit - used,
-        provenance=rule.provenance,
-        limit_tpp=limit,
-        note=note,
-    )
-
-
-def _country_allocation(rule: CountryAllocation, ctx: _Context) -> list[Check]:
-    checks = []
-    exempt_uveu = "uveu" in rule.exempt_statuses
-    exempt_nveu = "nveu_in_authorised_country" in rule.exempt_statuses
-    for country in ctx.countries_with_sites(rule.tier):
-        exempt: dict[str, bool] = {}  # per site of the country: its entity is exempt here
-        for site in ctx.sites_by_country.get(country, ()):
-            entity = ctx.site_entity[site.id]
-            exempt[site.id] = (entity.status == "uveu" and exempt_uveu) or (
-                entity.status == "nveu" and exempt_nveu and country in entity.nveu_countries
-            )
-        slot = ctx.rule_slot[id(rule)]
-        used: Tpp = 0  # removal does not give allocation back: it counts exports
-        for site in ctx.sites_by_country.get(country, ()):
-            if not exempt[site.id]:
-                used += ctx.parts[site.id].window_tpp[slot]
-        facts = ctx.fleet.countries.get(country)
-        agreement = facts is not None and facts.gov_agreement
-        limit = rule.limit_tpp * (rule.gov_agreement_multiplier if agreement else 1)
-        notes = []
-        if agreement:
-            notes.append(f"limit x{rule.gov_agreement_multiplier} (government agreement)")
-        if ctx.as_of > rule.window_end:
-            notes.append(f"window ended {rule.window_end}; later installs are not counted")
-        note = "; ".join(notes) or None
-        checks.append(_cap(rule, "cap", f"country:{country}", used, limit, note))
-    return checks
-
-
-def _consignee_annual(rule: ConsigneeAnnual, ctx: _Context) -> list[Check]:
-    slot = ctx.rule_slot[id(rule)]
-    used: dict[tuple[str, int], Tpp] = defaultdict(int)
-    for site_id, part in ctx.parts.items():
-        for year, tpp in part.annual_tpp[slot].items():
-            used[(ctx.sites[site_id].entity, year)] += tpp
-    return [
-        _cap(rule, "cap", f"consignee:{entity}/year:{year}", tpp, rule.limit_tpp)
-        for (entity, year), tpp in sorted(used.items())
-    ]
-
-
-def _schedule_limit(rule: NveuInstalledBase, as_of: date) -> tuple[Fraction, Provenance, str]:
-    """The schedule figure for the quarter of `as_of`, and a note when it is not exact."""
-    key = (as_of.year, (as_of.month - 1) // 3 + 1)
-    label = f"{key[0]}Q{key[1]}"
-    before = [a for a in rule.schedule if (a.year, a.quarter) <= key]
-    if before and (before[-1].year, before[-1].quarter) == key:
-        return before[-1].limit_tpp, before[-1].provenance, ""
-    if before:
-        anchor = before[-1]
-        note = f"no figure is known for {label}; using the last known anchor ({anchor.label})"
-    else:
-        anchor = rule.schedule[0]
-        note = (
-            f"no figure is known for {label} or any earlier quarter; using the first known "
-            f"anchor ({anchor.label}), which may overstate the limit"
-        )
-    return anchor.limit_tpp, anchor.provenance, note
-
-
-def _nveu_installed_base(rule: NveuInstalledBase, ctx: _Context) -> list[Check]:
-    limit, provenance, note = _schedule_limit(rule, ctx.as_of)
-    checks = []
-    for entity in ctx.fleet.entities:
-        if entity.status != "nveu":
-            continue
-        for country in sorted(entity.nveu_countries):
-            sites = [s for s in ctx.sites_of(entity.id) if ctx.country[s.id] == country]
-            used = ctx.active_tpp(sites)
-            check = _cap(rule, "cap", f"entity:{entity.id}/country:{country}", used, limit)
-            checks.append(
-                Check(**{**check.__dict__, "provenance": provenance, "note": note or None})
-            )
-    return checks
-
-
-def _share_check(
-    rule: Rule, scope: str, held_tpp: Tpp, total_tpp: Tpp, limit: Fraction, maximum: bool
-) -> Check:
-    held, total = Fraction(held_tpp), Fraction(total_tpp)
-    share = held / total if total else None
-    if maximum:
-        breach = held > limit * total
-        headroom = (limit * total - held) / (1 - limit)
-    else:
-        breach = held < limit * total
-        headroom = held / limit - total
-    return Check(
-        rule=rule.id,
-        kind="max_share" if maximum else "min_share",
-        scope=scope,
-        status="breach" if breach else "ok",
-        used_tpp=held,
-        headroom_tpp=headroom,
-        provenance=rule.provenance,
-        share=share,
-        limit_share=limit,
-        total_tpp=total,
-    )
-
-
-def _max_share_per_country(rule: MaxSharePerCountry, ctx: _Context) -> list[Check]:
-    checks = []
-    for entity in ctx.fleet.entities:
-        if entity.status != rule.status:
-            continue
-        sites = ctx.sites_of(entity.id)
-        total = ctx.active_tpp(sites)
-        held_in: dict[str, Tpp] = {}
-        for s in sites:
-            if ctx.tier[s.id] == rule.tier:
-                country = ctx.country[s.id]
-                held_in[country] = held_in.get(country, 0) + ctx.active_by_site.get(s.id, 0)
-        for country, held in sorted(held_in.items()):
-            scope = f"entity:{entity.id}/country:{country}"
-            checks.append(_share_check(rule, scope, held, total, rule.max_share, maximum=True))
-    return checks
-
-
-def _min_share_in_region(rule: MinShareInRegion, ctx: _Context) -> list[Check]:
-    checks = []
-    for entity in ctx.fleet.entities:
-        if entity.status != rule.status:
-            continue
-        if rule.headquarters is not None and entity.headquarters not in rule.headquarters:
-            continue
-        sites = ctx.sites_of(entity.id)
-
-        def in_region(site: Site) -> bool:
-            if rule.region_countries is not None:
-                return ctx.country[site.id] in rule.region_countries
-            return ctx.tier[site.id] == rule.region_tier
-
-        held = ctx.active_tpp(s for s in sites if in_region(s))
-        total = ctx.active_tpp(sites)
-        scope = f"entity:{entity.id}"
-        checks.append(_share_check(rule, scope, held, total, rule.min_share, maximum=False))
-    return checks
-
-
-def _prohibition(rule: Prohibition, ctx: _Context) -> list[Check]:
-    checks = []
-    for country in ctx.countries_with_sites(rule.tier):
-        used = ctx.active_tpp(ctx.sites_by_country.get(country, ()))
-        checks.append(_cap(rule, "prohibition", f"country:{country}", used, Fraction(0)))
-    return checks
-
-
-_KINDS: dict[type[Any], Callable[[Any, _Context], list[Check]]] = {
-    CountryAllocation: _country_allocation,
-    ConsigneeAnnual: _consignee_annual,
-    NveuInstalledBase: _nveu_installed_base,
-    MaxSharePerCountry: _max_share_per_country,
-    MinShareInRegion: _min_share_in_region,
-    Prohibition: _prohibition,
-}
-
-
 def validate_fleet(fleet: Fleet, pack: RulePack, as_of: date) -> None:
     """Rule-dependent checks of a fleet (UVEU headquarters tier), as InputErrors."""
     for i, entity in enumerate(fleet.entities):
@@ -312,7 +85,7 @@ def validate_fleet(fleet: Fleet, pack: RulePack, as_of: date) -> None:
                 )
 
 
-def _ruleset_state(pack: RulePack, as_of: date, checks: list[Check]) -> RulesetState:
+def _ruleset_state(pack: RulePack, as_of: date, checks: Sequence[Check]) -> RulesetState:
     period = pack.status_on(as_of)
     warnings = []
     if period is None:
@@ -340,21 +113,258 @@ def _ruleset_state(pack: RulePack, as_of: date, checks: list[Check]) -> RulesetS
     )
 
 
+class _Basis:
+    """What a tally rests on besides the lines: the registry, pack and date, and the rules bound
+    to them. Shared by a tally and every tally made from it."""
+
+    def __init__(self, fleet: Fleet, pack: RulePack, as_of: date) -> None:
+        self.pack, self.as_of = pack, as_of
+        self.sites, self.entities, self.countries = fleet.sites, fleet.entities, fleet.countries
+        self.registry = Registry(fleet, pack, as_of)
+        self.rules = bind(pack, fleet, self.registry, as_of)
+        self.position = {s.id: i for i, s in enumerate(fleet.sites)}
+        # Site ids are unique in every fleet we load; without that, no tally is re-added.
+        self.unique = len(self.position) == len(fleet.sites)
+
+
+GroupSums = dict[Hashable, dict[Hashable, Tpp]]  # one rule's sums: group -> component -> TPP
+GroupChecks = dict[Hashable, list[Check]]  # one rule's checks by group
+
+
+class Tally:
+    """An evaluation and what it was added up from. Never modified: `retally` makes a new one
+    that shares what did not change. `changed`: the positions in `evaluation.sites` whose totals
+    are new since the tally this one was made from (None: made from scratch)."""
+
+    __slots__ = (
+        "_basis",
+        "_by_rule",
+        "_checks",
+        "_counts",
+        "_parts",
+        "_sums",
+        "changed",
+        "evaluation",
+    )
+
+    def __init__(
+        self,
+        basis: _Basis,
+        parts: Mapping[str, SitePart],
+        sums: tuple[GroupSums, ...],
+        counts: tuple[dict[Hashable, int], ...],
+        checks: tuple[GroupChecks, ...],
+        by_rule: tuple[tuple[Check, ...], ...],
+        evaluation: Evaluation,
+        changed: tuple[int, ...] | None,
+    ) -> None:
+        self._basis, self._parts, self._sums, self._counts = basis, parts, sums, counts
+        self._checks, self._by_rule = checks, by_rule
+        self.evaluation, self.changed = evaluation, changed
+
+    def fits(self, fleet: Fleet, pack: RulePack) -> bool:
+        """Whether `fleet` has this tally's registry and `pack` is its pack (then `retally`
+        with the sites whose lines differ gives `fleet`'s evaluation)."""
+        basis = self._basis
+        return (
+            basis.unique
+            and basis.pack is pack
+            and basis.sites is fleet.sites
+            and basis.entities is fleet.entities
+            and basis.countries == fleet.countries
+        )
+
+
+def _in_order(rule: BoundRule, sums: GroupSums, checks: GroupChecks) -> tuple[Check, ...]:
+    """One rule's checks in the engine's order: its groups', or its named groups' sorted."""
+    groups = rule.groups if rule.groups is not None else sorted(sums)  # type: ignore[type-var]
+    return tuple(c for g in groups for c in checks[g])
+
+
+def _evaluation(
+    basis: _Basis, by_rule: Sequence[tuple[Check, ...]], sites: tuple[SiteTotal, ...]
+) -> Evaluation:
+    checks = tuple(chain.from_iterable(by_rule))
+    return Evaluation(
+        ruleset=_ruleset_state(basis.pack, basis.as_of, checks),
+        as_of=basis.as_of,
+        h100e_tpp=basis.pack.h100e_tpp,
+        checks=checks,
+        sites=sites,
+    )
+
+
+def tally(
+    fleet: Fleet,
+    pack: RulePack,
+    as_of: date,
+    by_site: Mapping[str, Sequence[Line]] | None = None,
+) -> Tally:
+    """Evaluate `fleet` from scratch. `by_site`: its lines grouped by site, when the caller
+    has them (`lines_by_site(fleet.lines)` otherwise)."""
+    validate_fleet(fleet, pack, as_of)
+    basis = _Basis(fleet, pack, as_of)
+    lines = lines_by_site(fleet.lines) if by_site is None else by_site
+    reg = basis.registry
+    parts = {s.id: site_part(s, lines.get(s.id, ()), pack, as_of, reg) for s in fleet.sites}
+    all_sums, all_counts, all_checks, by_rule = [], [], [], []
+    for rule in basis.rules:
+        sums: GroupSums = {}
+        counts: dict[Hashable, int] = {}
+        terms, dynamic = rule.terms, rule.groups is None  # counts matter to named groups only
+        for site in fleet.sites:
+            for group, component, tpp in terms(site, parts[site.id]):
+                figures = sums.get(group)
+                if figures is None:
+                    figures = sums[group] = {}
+                figures[component] = figures.get(component, 0) + tpp
+                if dynamic:
+                    counts[group] = counts.get(group, 0) + 1
+        groups = rule.groups if rule.groups is not None else sums
+        checks = {g: rule.checks(g, sums.get(g, {})) for g in groups}
+        all_sums.append(sums)
+        all_counts.append(counts)
+        all_checks.append(checks)
+        by_rule.append(_in_order(rule, sums, checks))
+    evaluation = _evaluation(basis, by_rule, tuple(parts[s.id].total for s in fleet.sites))
+    return Tally(
+        basis,
+        parts,
+        tuple(all_sums),
+        tuple(all_counts),
+        tuple(all_checks),
+        tuple(by_rule),
+        evaluation,
+        None,
+    )
+
+
+def retally(prev: Tally, changed: Mapping[str, Sequence[Line]]) -> Tally:
+    """`prev`'s fleet after a change: `changed` holds every site whose lines differ from those
+    `prev` was added up from, with all of its lines now (more sites do no harm; sites not in
+    the registry are ignored). Only those sites' parts and their groups' checks are remade; the
+    rest (parts, site totals, checks) are `prev`'s objects."""
+    basis = prev._basis
+    reg, pack, as_of = basis.registry, basis.pack, basis.as_of
+    updates: list[tuple[int, Site, SitePart, SitePart]] = []
+    for site_id, lines in changed.items():
+        pos = basis.position.get(site_id)
+        if pos is None:
+            continue
+        site = basis.sites[pos]
+        old = prev._parts[site_id]
+        new = site_part(site, lines, pack, as_of, reg)
+        if new != old:  # an equal part keeps its object (and its site's document entry)
+            updates.append((pos, site, old, new))
+    ev = prev.evaluation
+    if not updates:
+        return Tally(
+            basis, prev._parts, prev._sums, prev._counts, prev._checks, prev._by_rule, ev, ()
+        )
+    parts = dict(prev._parts)
+    totals = list(ev.sites)
+    for pos, site, _, new in updates:
+        parts[site.id] = new
+        totals[pos] = new.total
+    all_sums, all_counts = list(prev._sums), list(prev._counts)
+    all_checks, by_rule = list(prev._checks), list(prev._by_rule)
+    moved = False
+    for r, rule in enumerate(basis.rules):
+        terms = [
+            (term, sign)
+            for _, site, old, new in updates
+            for part, sign in ((old, -1), (new, 1))
+            for term in rule.terms(site, part)
+        ]
+        if not terms:
+            continue
+        # Copy on write: the dicts of `prev` are shared, never changed.
+        sums, counts, checks = dict(prev._sums[r]), dict(prev._counts[r]), dict(prev._checks[r])
+        dynamic = rule.groups is None  # counts matter to named groups only
+        own: set[Hashable] = set()
+        for (group, component, tpp), sign in terms:
+            if group not in own:
+                sums[group] = dict(sums.get(group, {}))
+                own.add(group)
+            figures = sums[group]
+            figures[component] = figures.get(component, 0) + sign * tpp
+            if dynamic:
+                counts[group] = counts.get(group, 0) + sign
+        rule_moved = False
+        for group in own:
+            if dynamic and counts[group] == 0:  # no site names this group now
+                del sums[group], counts[group], checks[group]
+                rule_moved = True
+                continue
+            made, before = rule.checks(group, sums[group]), checks.get(group)
+            if before is not None and len(before) == len(made):
+                # An equal check keeps its object (and its document entry).
+                made = [b if b == m else m for b, m in zip(before, made, strict=True)]
+                if all(m is b for m, b in zip(made, before, strict=True)):
+                    continue
+            checks[group] = made
+            rule_moved = True
+        all_sums[r], all_counts[r], all_checks[r] = sums, counts, checks
+        if rule_moved:
+            by_rule[r] = _in_order(rule, sums, checks)
+            moved = True
+    if moved:
+        evaluation = _evaluation(basis, by_rule, tuple(totals))
+    else:
+        evaluation = Evaluation(ev.ruleset, as_of, ev.h100e_tpp, ev.checks, tuple(totals))
+    return Tally(
+        basis,
+        parts,
+        tuple(all_sums),
+        tuple(all_counts),
+        tuple(all_checks),
+        tuple(by_rule),
+        evaluation,
+        tuple(sorted(pos for pos, *_ in updates)),
+    )
+
+
+class SiteMemo:
+    """The last tally per (date, pack) for `evaluate(..., memo=)`, with the lines of each site,
+    so that an evaluation after a small change re-adds only the sites whose lines differ (lists
+    of identical lines compare at C speed). A memo never changes an answer.
+
+    Safe to share between threads: an evaluation reads one slot and replaces it whole.
+    """
+
+    def __init__(self, dates: int = 4) -> None:
+        self._slots: OrderedDict[tuple[date, int], tuple[Tally, dict[str, list[Line]]]]
+        self._slots = OrderedDict()
+        self._dates = dates
+
+    def evaluate(self, fleet: Fleet, pack: RulePack, as_of: date) -> Evaluation:
+        key = (as_of, id(pack))
+        by_site = lines_by_site(fleet.lines)
+        slot = self._slots.get(key)
+        if slot is not None and slot[0].fits(fleet, pack):
+            known = slot[1]
+            none: list[Line] = []
+            changed = {}
+            for site in fleet.sites:
+                lines = by_site.get(site.id, none)
+                if lines != known.get(site.id, none):
+                    changed[site.id] = lines
+            made = retally(slot[0], changed)
+        else:
+            made = tally(fleet, pack, as_of, by_site)
+        self._slots[key] = (made, by_site)
+        self._slots.move_to_end(key)
+        while len(self._slots) > self._dates:
+            self._slots.popitem(last=False)
+        return made.evaluation
+
+
 def evaluate(fleet: Fleet, pack: RulePack, as_of: date, memo: SiteMemo | None = None) -> Evaluation:
     """Apply every rule of `pack` to `fleet` on `as_of`.
 
-    `memo` (optional, the caller's) keeps per-site parts between calls so that only sites whose
-    lines changed are recomputed; the answer is the same with or without it.
+    `memo` (optional, the caller's) keeps the last tally so that only sites whose lines changed
+    are recomputed; the answer is the same with or without it.
     """
-    validate_fleet(fleet, pack, as_of)
-    ctx = _Context(fleet, pack, as_of, memo)
-    checks: list[Check] = []
-    for rule in pack.rules:
-        checks.extend(_KINDS[type(rule)](rule, ctx))
-    return Evaluation(
-        ruleset=_ruleset_state(pack, as_of, checks),
-        as_of=as_of,
-        h100e_tpp=pack.h100e_tpp,
-        checks=tuple(checks),
-        sites=tuple(ctx.parts[s.id].total for s in fleet.sites),
-    )
+    if memo is None:
+        return tally(fleet, pack, as_of).evaluation
+    return memo.evaluate(fleet, pack, as_of)

@@ -1,16 +1,14 @@
-"""A site's lines reduced to what the engine needs on one date, and a memo of those reductions.
+"""A site's lines reduced to what the engine needs on one date.
 
 The engine's work per line (classing, date tests, TPP sums) is a function of one site's lines,
 the site, the rule pack and the date, so it is done per site (`site_part`) and the rules only
-add the sites' parts up. A `SiteMemo`, owned by the caller, keeps the parts of the last
-evaluation: a site whose site and lines compare equal to last time's (identical objects compare
-at C speed) reuses its part, so an evaluation after a small change recomputes only the sites
-that changed. A memo never changes an answer, only how much is recomputed.
+add the sites' parts up (`checks.py`); after a change, the engine (`retally`) remakes only the
+changed sites' parts.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -61,6 +59,9 @@ class Registry:
 
     def __init__(self, fleet: Fleet, pack: RulePack, as_of: date) -> None:
         self.entities = {e.id: e for e in fleet.entities}
+        # The line-level rules, in pack order (a site part's slots).
+        self.allocations = [r for r in pack.rules if isinstance(r, CountryAllocation)]
+        self.annuals = [r for r in pack.rules if isinstance(r, ConsigneeAnnual)]
         self.sites = {s.id: s for s in fleet.sites}
         # Tiers per country code, not per site: 150 look-ups instead of 10,000s.
         codes = {s.country for s in fleet.sites}
@@ -85,8 +86,7 @@ def site_part(
 ) -> SitePart:
     """Reduce one site's lines on `as_of` (lines installed later do not count at all)."""
     counted_classes = pack.counted_classes
-    allocations = [r for r in pack.rules if isinstance(r, CountryAllocation)]
-    annuals = [r for r in pack.rules if isinstance(r, ConsigneeAnnual)]
+    allocations, annuals = registry.allocations, registry.annuals
     active: Tpp = 0
     counted_devices = other_devices = 0
     window: list[Tpp] = [0] * len(allocations)
@@ -125,59 +125,6 @@ def site_part(
     return SitePart(total, active, tuple(window), tuple(annual))
 
 
-@dataclass
-class _Slot:
-    """The memo for one (date, pack): the registry it indexed and each site's last part."""
-
-    pack: RulePack
-    sites: tuple[Site, ...]
-    entities: tuple[Entity, ...]
-    registry: Registry
-    parts: dict[str, tuple[Site, list[Line], SitePart]]
-
-
-class SiteMemo:
-    """Per-site parts of earlier evaluations, for `evaluate(..., memo=)`; a few dates at once.
-
-    Safe to share between threads: an evaluation reads one slot and replaces it whole.
-    """
-
-    def __init__(self, dates: int = 4) -> None:
-        self._slots: OrderedDict[tuple[date, int], _Slot] = OrderedDict()
-        self._dates = dates
-
-    def parts(
-        self, fleet: Fleet, pack: RulePack, as_of: date
-    ) -> tuple[Registry, dict[str, SitePart]]:
-        key = (as_of, id(pack))
-        slot = self._slots.get(key)
-        if slot is not None and slot.pack is not pack:
-            slot = None  # a different pack that reuses a dropped one's id
-        if slot is not None and slot.sites is fleet.sites and slot.entities is fleet.entities:
-            registry = slot.registry
-        else:
-            registry = Registry(fleet, pack, as_of)
-        known = slot.parts if slot is not None else {}
-        by_site = lines_by_site(fleet.lines)
-        kept: dict[str, tuple[Site, list[Line], SitePart]] = {}
-        out: dict[str, SitePart] = {}
-        for site in fleet.sites:
-            lines = by_site.get(site.id, [])
-            prev = known.get(site.id)
-            # List equality compares identical items by identity first (C speed).
-            if prev is not None and prev[0] == site and prev[1] == lines:
-                part = prev[2]
-            else:
-                part = site_part(site, lines, pack, as_of, registry)
-            kept[site.id] = (site, lines, part)
-            out[site.id] = part
-        self._slots[key] = _Slot(pack, fleet.sites, fleet.entities, registry, kept)
-        self._slots.move_to_end(key)
-        while len(self._slots) > self._dates:
-            self._slots.popitem(last=False)
-        return registry, out
-
-
 def lines_by_site(lines: Sequence[Line]) -> dict[str, list[Line]]:
     """A fleet's lines grouped by site, in their order."""
     out: dict[str, list[Line]] = {}
@@ -188,12 +135,3 @@ def lines_by_site(lines: Sequence[Line]) -> dict[str, list[Line]]:
         else:
             group.append(ln)
     return out
-
-
-def fresh_parts(fleet: Fleet, pack: RulePack, as_of: date) -> tuple[Registry, dict[str, SitePart]]:
-    """Every site's part computed from scratch (no memo)."""
-    registry = Registry(fleet, pack, as_of)
-    by_site = lines_by_site(fleet.lines)
-    return registry, {
-        s.id: site_part(s, by_site.get(s.id, []), pack, as_of, registry) for s in fleet.sites
-    }
