@@ -47,10 +47,7 @@ _logger = logging.getLogger("gpucap.ledger")
 
 def registry_doc(path: Path, catalogue: Catalogue) -> Any:
     """Read and validate a registry file; the document as JSON-ready data (dates as text)."""
-    try:
-        raw = read_yaml(path, error=InputError)
-    except UnicodeDecodeError as exc:  # read_yaml turns only OSError and YAML errors into ours
-        raise InputError(str(path), f"not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+    raw = read_yaml(path, error=InputError)  # a file that is not UTF-8 is an InputError too
     doc = json.loads(json.dumps(raw, default=str))
     fleet = ingest.load_registry_doc(doc, path.name, catalogue)
     pack = load_ruleset(fleet.ruleset)
@@ -108,13 +105,14 @@ class Ledger:
         return changed
 
     def registry(self, conn: Connection) -> Fleet:
-        """The registry's Fleet as the database holds it now (parsed once per digest)."""
+        """The registry's Fleet as the database holds it now (read and parsed once per digest:
+        the digest alone is read to check the cache)."""
+        cached = self._registry
+        if cached is not None and cached[0] == db.registry_digest(conn):
+            return cached[1]
         row = db.registry(conn)
         if row is None:
             raise UnavailableError("registry", "no registry loaded (serve --registry FILE)")
-        cached = self._registry
-        if cached is not None and cached[0] == row.digest:
-            return cached[1]
         fleet = ingest.load_registry_doc(json.loads(row.doc), row.origin, self.catalogue)
         self._registry = (row.digest, fleet)
         return fleet
