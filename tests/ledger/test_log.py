@@ -6,15 +6,19 @@ from __future__ import annotations
 import base64
 import json
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gpucap.ledger import log, logcheck, merkle, note, replay
 from gpucap.ledger.errors import LogBrokenError
 from gpucap.ledger.models import Report
 from gpucap.ledger.service import Ledger
+from gpucap.ledger.settings import Settings
+from gpucap.ledger.store import Store
 from tests.ledger.support import Clock, device, gpucap, report
 
 
@@ -222,3 +226,66 @@ def test_verify_cli_exit_codes_and_messages(ledger: Ledger, clock: Clock) -> Non
     gone = gpucap("ledger", "verify", "--db", url)
     assert gone.returncode == 3
     assert "entry[7]: missing" in gone.stderr
+
+
+def test_a_key_file_and_an_origin_sign_the_log(db_url: str, tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    path = tmp_path / "log.pem"
+    path.write_text(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode()
+    )
+    env = {"GPUCAP_LOG_KEY_FILE": str(path), "GPUCAP_LOG_ORIGIN": "ledger.example.org/prod"}
+    assert gpucap("ledger", "migrate", "--db", db_url, env=env).returncode == 0
+    printed = gpucap("ledger", "log-key", "--db", db_url, env=env).stdout.strip()
+    assert printed == note.verifier_key("ledger.example.org/prod", key.public_key())
+    token = gpucap("ledger", "token", "--db", db_url, "--auditor", "kpmg", env=env)
+    assert token.returncode == 0, token.stderr
+    store = Store.open(Settings(db_url=db_url))
+    try:
+        with store.read() as conn:
+            text = log.tree(conn).note
+    finally:
+        store.close()
+    signed = note.open_checkpoint(text, note.parse_verifier_key(printed))
+    assert signed.origin == "ledger.example.org/prod"
+    assert signed.size == 1  # the auditor token's issue
+    verified = gpucap("ledger", "verify", "--db", db_url, "--key", printed, env=env)
+    assert verified.returncode == 0, verified.stderr
+    # Without the file the database's own key signs: the pinned key refuses its checkpoints.
+    other = gpucap("ledger", "verify", "--db", db_url, "--key", printed)
+    assert other.returncode == 0  # nothing new was signed with the other key yet
+    gpucap("ledger", "token", "--db", db_url, "--auditor", "eve")
+    refused = gpucap("ledger", "verify", "--db", db_url, "--key", printed)
+    assert refused.returncode == 3
+    assert "signature or format does not verify" in refused.stderr
+
+
+BAD_LOG_SETTINGS = [
+    ({"GPUCAP_LOG_ORIGIN": "two words"}, "GPUCAP_LOG_ORIGIN: must be non-empty, without spaces"),
+    ({"GPUCAP_LOG_ORIGIN": "a+b"}, "GPUCAP_LOG_ORIGIN: must be non-empty, without spaces or '+'"),
+    ({"GPUCAP_LOG_KEY_FILE": "/nonexistent/key.pem"}, "GPUCAP_LOG_KEY_FILE: cannot read"),
+    ({"GPUCAP_LOG_INTEGRATE_INTERVAL_S": "soon"}, "GPUCAP_LOG_INTEGRATE_INTERVAL_S: expected"),
+]
+
+
+@pytest.mark.parametrize(("env", "message"), BAD_LOG_SETTINGS)
+def test_bad_log_settings_are_exit_2_naming_the_variable(
+    tmp_path: Path, env: dict[str, str], message: str
+) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    result = gpucap("ledger", "migrate", "--db", url, env=env)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+
+
+def test_a_key_file_that_is_not_an_ed25519_key_is_exit_2(tmp_path: Path) -> None:
+    path = tmp_path / "log.pem"
+    path.write_text("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    result = gpucap("ledger", "migrate", "--db", url, env={"GPUCAP_LOG_KEY_FILE": str(path)})
+    assert result.returncode == 2
+    assert "GPUCAP_LOG_KEY_FILE: is not an unencrypted PKCS#8 PEM private key" in result.stderr
