@@ -23,7 +23,7 @@ from typing import Any
 
 from gpucap.core.errors import InputError
 from gpucap.ledger import merkle, note
-from gpucap.ledger.errors import VerificationError
+from gpucap.ledger.errors import UnavailableError, VerificationError
 
 _NAME = re.compile(r"^(\d+)\.checkpoint$")
 PAGE = 1000
@@ -56,6 +56,8 @@ def _hashes(answer: Any, where: str) -> list[bytes]:
 
 def verify(fetch: Fetch, key: note.Verifier, state: Path | None, entries: bool) -> Outcome:
     text = fetch("/v1/log/checkpoint", None)
+    if not isinstance(text, str):
+        raise UnavailableError("ledger", "/v1/log/checkpoint did not answer text/plain")
     checkpoint = note.open_checkpoint(text, key)
     previous = None
     if state is not None:

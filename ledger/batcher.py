@@ -58,9 +58,6 @@ class GroupCommitter(Generic[T, R]):
             thread = self._thread
         if thread is not None:
             thread.join()
-        with self._ready:
-            if self._thread is thread:
-                self._thread = None
 
     def _run(self) -> None:
         while True:
@@ -68,6 +65,8 @@ class GroupCommitter(Generic[T, R]):
                 while not self._queue and not self._closed:
                     self._ready.wait()
                 if not self._queue:
+                    # Under the lock: a submit from now on starts a new thread.
+                    self._thread = None
                     return
                 n = min(len(self._queue), self._max_batch)
                 batch = [self._queue.popleft() for _ in range(n)]

@@ -152,6 +152,7 @@ def _serve(args: argparse.Namespace) -> int:
     # database is one error line and exit 2/3, not a failed startup inside the server.
     store = Store.open(settings)
     ledger = Ledger(settings, store)
+    ledger.signer  # noqa: B018 (a bad GPUCAP_LOG_KEY_FILE or origin is exit 2 here, not at startup)
     if settings.registry is not None:
         ledger.load_registry_file(settings.registry)
     options: dict[str, Any] = {"log_level": "info", "access_log": settings.access_log}

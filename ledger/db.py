@@ -40,6 +40,7 @@ _INSERT_NODE = HotSql(
     ":now, :digest, :day, NULL, :agent_version) ON CONFLICT (node_id) DO NOTHING"
 )
 _REGISTRY_DIGEST = HotSql("SELECT digest FROM registry")
+_LOCK_STATE = HotSql("SELECT projection_version FROM ledger_state WHERE id = 1 FOR UPDATE")
 
 
 class NodeRow(NamedTuple):
@@ -210,6 +211,11 @@ def clear_projections(conn: Connection, version: int) -> None:
 
 
 # -- registry ---------------------------------------------------------------------------------
+def lock_state(conn: Connection) -> None:
+    """Lock `ledger_state` until commit (PostgreSQL), for writes that must not interleave."""
+    _LOCK_STATE.one(conn)
+
+
 def registry(conn: Connection) -> RegistryRow | None:
     reg_t = table("registry")
     row = conn.execute(sa.select(reg_t.c.digest, reg_t.c.doc, reg_t.c.origin)).first()

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -66,22 +67,58 @@ def prepare(report: Report, catalogue: Catalogue) -> Prepared:
 
 
 class Txn:
-    """One write transaction: its connection, and the projection version it took (at most one
-    per transaction, taken when the first projection row changes)."""
+    """One write transaction: its connection, the inventory-line changes it queued, and the one
+    projection version it commits them at.
+
+    The version is taken by `finish`, just before commit, after every node row the transaction
+    locks: so on PostgreSQL the shared `ledger_state` row is always locked last and briefly, and
+    transactions that lock node rows in ascending order (see `ingest_batch`) cannot deadlock.
+    """
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.version: int | None = None
         self.appended = 0  # log entries appended
+        self._lines: list[Change] = []
+        self._touched = False
 
     def new_version(self) -> int:
+        """Take the version now (a rebuild, which must stamp rows with it as it goes)."""
         if self.version is None:
             self.version = bump_projection(self.conn)
         return self.version
 
+    def changed(self, change: Change) -> None:
+        """Write a change's device rows now; its line deltas at `finish`."""
+        if change.empty:
+            return
+        db.write_devices(self.conn, change)
+        self._lines.append(change)
+
+    def touch(self) -> None:
+        """Say the projections changed without line deltas (registry, decommission, devices)."""
+        self._touched = True
+
+    def finish(self) -> None:
+        if self._lines or self._touched:
+            version = self.new_version()
+            for change in self._lines:
+                db.write_lines(self.conn, change, version)
+            self._lines.clear()
+
     def append(self, kind: str, actor: str, body: Any, recorded_at: str) -> None:
         log.append(self.conn, kind, actor, body, recorded_at)
         self.appended += 1
+
+
+@contextmanager
+def transaction(store: Store) -> Iterator[Txn]:
+    """A write transaction whose queued line changes are written, at one new projection
+    version, just before it commits."""
+    with store.write() as conn:
+        txn = Txn(conn)
+        yield txn
+        txn.finish()
 
 
 def registry_sites(conn: Connection) -> dict[str, str] | None:
@@ -124,31 +161,40 @@ def ingest_batch(
 ) -> tuple[list[Result], int]:
     """Store a batch of reports in one transaction: (one result per report, entries appended).
 
-    When the transaction fails as a whole (a deadlock between processes, a lost connection),
-    each report is retried alone, so that one cannot fail the others.
+    Reports are written in ascending node order (and a node's in arrival order), so that two
+    processes' batches lock node rows in the same order. When the transaction fails as a whole
+    (a lost connection, a statement the database refuses), each report is retried alone, so
+    that one cannot fail the others; a report the database refuses alone is a RejectedError.
     """
     recorded_at = iso_instant(now)
+    order = sorted(range(len(batch)), key=lambda i: batch[i].report.node_id)
+    results: list[Result | None] = [None] * len(batch)
     try:
-        with store.write() as conn:
-            txn = Txn(conn)
-            known = sites.sites(conn)
-            results = [_one(txn, p, known, recorded_at, store.is_sqlite) for p in batch]
-        return results, txn.appended
+        with transaction(store) as txn:
+            known = sites.sites(txn.conn)
+            for i in order:
+                results[i] = _one(txn, batch[i], known, recorded_at, store.is_sqlite)
+        return [r for r in results if r is not None], txn.appended
     except (sa.exc.DBAPIError, UnavailableError) as exc:
         if len(batch) == 1:
-            return [_unavailable(exc)], 0
-    results, appended = [], 0
+            return [_failure(exc)], 0
+    retried: list[Result] = []
+    appended = 0
     for p in batch:
         one, n = ingest_batch(store, [p], now, sites)
-        results += one
+        retried += one
         appended += n
-    return results, appended
+    return retried, appended
 
 
-def _unavailable(exc: Exception) -> UnavailableError:
+def _failure(exc: Exception) -> GpucapError:
+    """What one report's failed transaction means to its sender: a refusal when the database
+    will never store it (the agent must not retry it forever), else unavailable (retry)."""
     if isinstance(exc, UnavailableError):
         return exc
     orig = getattr(exc, "orig", exc)
+    if isinstance(exc, sa.exc.DataError):
+        return RejectedError("(body)", f"the database cannot store this report: {orig}")
     return UnavailableError("db", f"database error: {orig}")
 
 
@@ -178,10 +224,15 @@ def _one(
     if node is None:
         if not db.insert_node(txn.conn, params):  # another process enrolled it just now
             return _one(txn, p, sites, recorded_at, is_sqlite)
-    elif node.devices_digest == p.digest:  # the day's first report: evidence of presence
-        db.update_node(txn.conn, params)
-        body = {"node_id": r.node_id, "site_id": r.site_id, "seq": r.seq, "devices": p.digest}
-        txn.append("presence", f"node:{r.node_id}", body, recorded_at)
+    elif node.devices_digest == p.digest:
+        # A heartbeat the compare-and-set missed: the day's first report (one presence entry),
+        # or one that raced another process's (or a clock behind the one that set the day).
+        if day > node.presence_day:
+            db.update_node(txn.conn, params)
+            body = {"node_id": r.node_id, "site_id": r.site_id, "seq": r.seq, "devices": p.digest}
+            txn.append("presence", f"node:{r.node_id}", body, recorded_at)
+        else:
+            db.update_node(txn.conn, {**params, "day": node.presence_day})
         return Outcome("accepted", r.seq)
     else:
         db.update_node(txn.conn, params)
@@ -222,15 +273,17 @@ def apply_devices(
 ) -> None:
     """Fold a node's reported devices into the device rows and inventory lines."""
     rows = db.devices(txn.conn, node_id) if existing else {}
-    _write_change(txn, fold_report(node_id, site_id, rows, facts, day))
+    change = fold_report(node_id, site_id, rows, facts, day)
+    txn.changed(change)
+    if not change.empty:
+        txn.touch()  # device rows change what reconciliation sees even when no line moves
 
 
 def decommission(store: Store, node_id: str, now: datetime, actor: str) -> int:
     """Close a node: its devices stop counting for installed-base rules from today."""
     recorded_at = iso_instant(now)
-    with store.write() as conn:
-        txn = Txn(conn)
-        node = db.node_for_update(conn, node_id, lock=not store.is_sqlite)
+    with transaction(store) as txn:
+        node = db.node_for_update(txn.conn, node_id, lock=not store.is_sqlite)
         if node is None:
             raise RejectedError("node", f"no node {node_id!r} has reported")
         if node.decommissioned_on is not None:
@@ -243,8 +296,8 @@ def decommission(store: Store, node_id: str, now: datetime, actor: str) -> int:
 def apply_decommission(txn: Txn, node_id: str, on: str) -> int:
     db.set_node(txn.conn, node_id, decommissioned_on=on)
     change = fold_decommission(db.devices(txn.conn, node_id), on)
-    _write_change(txn, change)
-    txn.new_version()  # a decommission changes what reconciliation and the metrics see
+    txn.changed(change)
+    txn.touch()  # a decommission changes what reconciliation and the metrics see
     return len(change.rows)
 
 
@@ -258,9 +311,10 @@ def set_registry(store: Store, doc: Any, origin: str, now: datetime, actor: str)
     text = log.canonical(doc)
     new_digest = hashlib.sha256(text.encode()).hexdigest()
     recorded_at = iso_instant(now)
-    with store.write() as conn:
-        txn = Txn(conn)
-        current = db.registry_digest(conn)
+    with transaction(store) as txn:
+        if not store.is_sqlite:
+            db.lock_state(txn.conn)  # two processes recording one new registry: one at a time
+        current = db.registry_digest(txn.conn)
         if current == new_digest:
             return False
         apply_registry(txn, json.loads(text), origin, recorded_at)
@@ -273,13 +327,4 @@ def apply_registry(txn: Txn, doc: Any, origin: str, recorded_at: str) -> None:
     text = log.canonical(doc)
     digest_ = hashlib.sha256(text.encode()).hexdigest()
     db.replace_registry(txn.conn, digest_, text, origin, recorded_at)
-    txn.new_version()
-
-
-def _write_change(txn: Txn, change: Change) -> None:
-    if change.empty:
-        return
-    db.write_devices(txn.conn, change)
-    # Device rows change what reconciliation sees even when no line moves: a new version, taken
-    # after the device rows and before the lines that carry it (the shortest lock, see store).
-    db.write_lines(txn.conn, change, txn.new_version())
+    txn.touch()

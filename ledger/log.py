@@ -105,7 +105,7 @@ def load_signer(store: Store, origin: str | None, key_file: Path | None) -> Sign
     `key_file`), the origin given (or `gpucap-ledger/<ledger id>`)."""
     with store.read() as conn:
         state = _STATE.one(conn)
-    ledger_id, key_pem = state[4], state[5]
+    signed_note, ledger_id, key_pem = state[2], state[4], state[5]
     if key_file is not None:
         try:
             text = key_file.read_text(encoding="utf-8")
@@ -114,7 +114,15 @@ def load_signer(store: Store, origin: str | None, key_file: Path | None) -> Sign
         key = note.load_private_key_pem(text, "GPUCAP_LOG_KEY_FILE")
     else:
         key = note.load_private_key_pem(key_pem, "log_state.key_pem")
-    return Signer(origin or f"gpucap-ledger/{ledger_id}", key)
+    # A log's origin is fixed once it has signed: take it from the newest checkpoint, so that an
+    # admin command run without the server's GPUCAP_LOG_ORIGIN still verifies and signs alike.
+    signed_origin = signed_note.split("\n", 1)[0] if signed_note else None
+    if origin is not None and signed_origin is not None and origin != signed_origin:
+        raise InputError(
+            "GPUCAP_LOG_ORIGIN",
+            f"the log was signed as {signed_origin!r}; its origin cannot change to {origin!r}",
+        )
+    return Signer(signed_origin or origin or f"gpucap-ledger/{ledger_id}", key)
 
 
 @dataclass(frozen=True)
@@ -216,7 +224,10 @@ def inclusion(conn: Connection, index: int, size: int) -> tuple[bytes, list[byte
 
 
 def consistency(conn: Connection, first: int, second: int) -> list[bytes]:
-    """The consistency proof from the tree of `first` leaves to the tree of `second`."""
+    """The consistency proof from the tree of `first` leaves to the tree of `second` (empty
+    when `first` is 0 or equals `second`: RFC 9162 needs no hashes then)."""
+    if first == 0 or first == second:
+        return []
     found = read_nodes(conn, merkle.consistency_nodes(first, second))
     return merkle.consistency_proof(first, second, found)
 
@@ -240,7 +251,8 @@ def in_order(conn: Connection, batch: int = 2000) -> Iterator[tuple[str, str]]:
         if len(rows) < batch:
             break
         after = rows[-1][0]
-    for entry_id, leaf in conn.execute(
+    pending = conn.execute(
         sa.select(t.c.id, t.c.leaf).where(t.c.idx.is_(None)).order_by(t.c.id)
-    ):
+    ).all()  # few: they are signed within seconds; fetched whole before the caller writes
+    for entry_id, leaf in pending:
         yield f"pending entry (id {entry_id})", leaf

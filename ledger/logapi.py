@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from gpucap.ledger.service import Ledger
 
 _TEXT = "text/plain; charset=utf-8"
+_DECIMAL = re.compile(r"[0-9]{1,18}")  # ASCII digits only, below 2^63
 
 
 def b64(data: bytes) -> str:
@@ -34,7 +36,7 @@ def _int(request: Request, name: str) -> int:
     raw = request.query_params.get(name)
     if raw is None:
         raise RejectedError(name, "required")
-    if not raw.isdigit() or len(raw) > 19:
+    if not _DECIMAL.fullmatch(raw):
         raise RejectedError(name, f"expected a non-negative integer, got {raw!r}")
     return int(raw)
 

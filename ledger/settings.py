@@ -6,6 +6,7 @@ CLI (or a test) and the result is handed to `create_app(settings)`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -86,8 +87,8 @@ class Settings:
                     number = kind(raw)
                 except ValueError:
                     raise InputError(var, f"expected a number, got {raw!r}") from None
-                if number < 0:
-                    raise InputError(var, f"must not be negative, got {raw!r}")
+                if not math.isfinite(number) or number < 0:
+                    raise InputError(var, f"must be a finite, non-negative number, got {raw!r}")
                 values[name] = number
         if environ.get("GPUCAP_LEDGER_ACCESS_LOG"):
             flag = environ["GPUCAP_LEDGER_ACCESS_LOG"].strip().lower()
@@ -99,7 +100,9 @@ class Settings:
         if settings.workers < 1:
             raise InputError("--workers", f"must be at least 1, got {settings.workers}")
         origin = settings.log_origin
-        if origin is not None and (not origin or "+" in origin or any(c.isspace() for c in origin)):
+        if origin is not None and (
+            not origin.isprintable() or "+" in origin or any(c.isspace() for c in origin)
+        ):
             # The origin is also the signed note's key name: no spaces, no '+' (C2SP signed-note).
             raise InputError("GPUCAP_LOG_ORIGIN", "must be non-empty, without spaces or '+'")
         if settings.sqlite_synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):

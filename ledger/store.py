@@ -3,10 +3,11 @@
 Every write runs in `Store.write()`. SQLite opens it with BEGIN IMMEDIATE (one writer per file,
 queued in this process and across processes, see `_SqliteWriterQueue`; WAL lets readers on).
 PostgreSQL takes no ledger-wide lock: a heartbeat is a compare-and-set on its own `node` row, a
-changed report locks its node row, and only what must be ordered takes a shared row last, just
+changed report locks its node row, and only what must be ordered takes a shared row, last, just
 before commit: `bump_projection` (the `ledger_state` row, so that projection versions commit in
-order) and the log's integrator (the `log_state` row). Appending to the log is an INSERT keyed
-by the database's own sequence.
+order; see `ingest.Txn`) and the log's integrator (the `log_state` row). Appending to the log is
+an INSERT keyed by the database's own sequence. Hot statements run on the driver's cursor
+(`HotSql`) but raise SQLAlchemy's errors, like every other statement.
 """
 
 from __future__ import annotations
@@ -226,6 +227,8 @@ class HotSql:
         cur = dbapi.cursor()
         try:
             cur.executemany(self._sql(conn), rows)
+        except conn.dialect.loaded_dbapi.Error as exc:
+            raise _wrapped(conn, self._sql(conn), exc) from exc
         finally:
             cur.close()
 
@@ -241,11 +244,22 @@ class HotSql:
         dbapi = conn.connection.dbapi_connection
         assert dbapi is not None  # a Connection inside begin() always holds one
         cur = dbapi.cursor()
-        cur.execute(self._sql(conn), params or {})
+        try:
+            cur.execute(self._sql(conn), params or {})
+        except conn.dialect.loaded_dbapi.Error as exc:
+            cur.close()
+            raise _wrapped(conn, self._sql(conn), exc) from exc
         return cur
 
     def _sql(self, conn: Connection) -> str:
         return self.named if conn.dialect.name == "sqlite" else self.pyformat
+
+
+def _wrapped(conn: Connection, sql: str, exc: Exception) -> Exception:
+    """A driver error as the SQLAlchemy error the same statement run through SQLAlchemy would
+    raise (OperationalError, DataError, IntegrityError, ...), so that callers handle one kind."""
+    dbapi = conn.dialect.loaded_dbapi
+    return sa.exc.DBAPIError.instance(sql, None, exc, dbapi.Error, dialect=conn.dialect)
 
 
 class _SqliteWriterQueue:

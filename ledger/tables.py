@@ -8,7 +8,17 @@ integer per device (the catalogue's figure).
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Integer, LargeBinary, SmallInteger, Table, Text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Index,
+    Integer,
+    LargeBinary,
+    SmallInteger,
+    Table,
+    Text,
+    text,
+)
 from sqlmodel import Field, SQLModel
 
 # A 64-bit autoincrement key that is SQLite's rowid (SQLite autoincrements only INTEGER keys).
@@ -20,7 +30,7 @@ class LedgerState(SQLModel, table=True):
 
     Only writes that change what headroom is computed from (a changed inventory, a registry
     change, a decommission) bump `projection_version`, as their last statement before commit;
-    heartbeats never touch this row. Token issue and revocation bump `auth_version`.
+    heartbeats never touch this row. Token revocation bumps `auth_version`.
     """
 
     __tablename__ = "ledger_state"
@@ -38,6 +48,15 @@ class LogEntry(SQLModel, table=True):
     """
 
     __tablename__ = "log_entry"
+    # The integrator's "what is pending" in order, without scanning or sorting the whole log.
+    __table_args__ = (
+        Index(
+            "ix_log_entry_pending",
+            "id",
+            sqlite_where=text("idx IS NULL"),
+            postgresql_where=text("idx IS NULL"),
+        ),
+    )
     id: int = Field(sa_column=Column(_ID, primary_key=True, autoincrement=True))
     idx: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True, unique=True))
     kind: str

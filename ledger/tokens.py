@@ -172,9 +172,13 @@ def revoke(store: Store, token_id: str, now: datetime, by: str = "cli") -> None:
         ).first()
         if row is None:
             raise RejectedError("--revoke", f"no unrevoked token with id {token_id!r}")
-        conn.execute(
-            sa.update(token_t).where(token_t.c.id == token_id).values(revoked_at=recorded_at)
-        )
+        revoked = conn.execute(
+            sa.update(token_t)
+            .where(token_t.c.id == token_id, token_t.c.revoked_at.is_(None))
+            .values(revoked_at=recorded_at)
+        ).rowcount
+        if not revoked:  # another command revoked it since the SELECT
+            raise RejectedError("--revoke", f"no unrevoked token with id {token_id!r}")
         auditor = row.kind == "auditor"
         principal = Principal(
             token_id=row.id,

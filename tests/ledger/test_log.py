@@ -19,7 +19,7 @@ from gpucap.ledger.models import Report
 from gpucap.ledger.service import Ledger
 from gpucap.ledger.settings import Settings
 from gpucap.ledger.store import Store
-from tests.ledger.support import Clock, device, gpucap, report
+from tests.ledger.support import REGISTRY, Clock, device, gpucap, report
 
 
 def rep(**kw: object) -> Report:
@@ -205,6 +205,32 @@ def test_projections_equal_a_replay_and_an_altered_row_is_named(
         replay.compare(ledger.store, ledger.catalogue)
 
 
+def test_projections_verify_while_the_ledger_takes_reports(ledger: Ledger, clock: Clock) -> None:
+    """The replay and the comparison read one snapshot: later writes are neither."""
+    import threading
+
+    stop = threading.Event()
+
+    def traffic() -> None:
+        seq = 0
+        while not stop.is_set():
+            seq += 1
+            node = f"n{seq % 7}"
+            devices = [device(i, node) for i in range(1 + seq % 4)]
+            ledger.ingest(rep(node=node, seq=seq, devices=devices))
+            if seq % 5 == 0:
+                ledger.integrator.run_once()
+
+    sender = threading.Thread(target=traffic)
+    sender.start()
+    try:
+        for _ in range(4):
+            assert replay.compare(ledger.store, ledger.catalogue) > 0
+    finally:
+        stop.set()
+        sender.join()
+
+
 def test_verify_cli_exit_codes_and_messages(ledger: Ledger, clock: Clock) -> None:
     grow(ledger, clock)
     url = ledger.settings.db_url
@@ -269,6 +295,13 @@ BAD_LOG_SETTINGS = [
     ({"GPUCAP_LOG_ORIGIN": "a+b"}, "GPUCAP_LOG_ORIGIN: must be non-empty, without spaces or '+'"),
     ({"GPUCAP_LOG_KEY_FILE": "/nonexistent/key.pem"}, "GPUCAP_LOG_KEY_FILE: cannot read"),
     ({"GPUCAP_LOG_INTEGRATE_INTERVAL_S": "soon"}, "GPUCAP_LOG_INTEGRATE_INTERVAL_S: expected"),
+    (
+        {"GPUCAP_LOG_INTEGRATE_INTERVAL_S": "inf"},
+        "GPUCAP_LOG_INTEGRATE_INTERVAL_S: must be a finite",
+    ),
+    ({"GPUCAP_LOG_CHECKPOINT_KEEP_S": "nan"}, "GPUCAP_LOG_CHECKPOINT_KEEP_S: must be a finite"),
+    ({"GPUCAP_LOG_ORIGIN": "tab\there"}, "GPUCAP_LOG_ORIGIN: must be non-empty"),
+    ({"GPUCAP_LOG_ORIGIN": "bell\x07"}, "GPUCAP_LOG_ORIGIN: must be non-empty"),
 ]
 
 
@@ -280,6 +313,28 @@ def test_bad_log_settings_are_exit_2_naming_the_variable(
     result = gpucap("ledger", "migrate", "--db", url, env=env)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
+
+
+def test_serve_with_a_bad_key_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(REGISTRY, encoding="utf-8")
+    env = {"GPUCAP_LOG_KEY_FILE": str(tmp_path / "missing.pem")}
+    result = gpucap("ledger", "serve", "--registry", str(registry), "--db", url, env=env)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "GPUCAP_LOG_KEY_FILE: cannot read" in result.stderr
+
+
+def test_the_origin_cannot_change_once_the_log_is_signed(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    first = gpucap("ledger", "migrate", "--db", url, env={"GPUCAP_LOG_ORIGIN": "a.example/log"})
+    assert first.returncode == 0, first.stderr
+    key = gpucap("ledger", "log-key", "--db", url)  # without the variable: the signed origin
+    assert key.stdout.startswith("a.example/log+")
+    moved = gpucap("ledger", "log-key", "--db", url, env={"GPUCAP_LOG_ORIGIN": "b.example/log"})
+    assert moved.returncode == 2
+    assert "the log was signed as 'a.example/log'; its origin cannot change" in moved.stderr
 
 
 def test_a_key_file_that_is_not_an_ed25519_key_is_exit_2(tmp_path: Path) -> None:

@@ -138,6 +138,8 @@ BAD_PARAMS = [
     ("/v1/log/proof/consistency", {"from": 2, "to": 10**6}, "to"),
     ("/v1/log/proof/consistency", {"from": 3, "to": 2}, "from"),
     ("/v1/log/proof/consistency", {"from": "x", "to": 2}, "from"),
+    ("/v1/log/proof/inclusion", {"index": "\u00b2", "size": 1}, "index"),  # not ASCII digits
+    ("/v1/log/proof/inclusion", {"index": 0, "size": "\u0661"}, "size"),
     ("/v1/log/entries", {"start": 10**6, "end": 10**6 + 1}, "start"),
     ("/v1/log/entries", {"start": 2, "end": 2}, "end"),
 ]
@@ -149,6 +151,10 @@ def test_bad_log_parameters_are_422_naming_them(served: Served) -> None:
         r = served.get(path, "auditor", **params)
         assert r.status_code == 422, (path, params, r.text)
         assert r.json()["detail"][0]["path"] == name, (path, params, r.text)
+    for first, second in ((0, 0), (0, 3), (3, 3)):  # RFC 9162: no hashes needed
+        proof = served.get("/v1/log/proof/consistency", "auditor", **{"from": first, "to": second})
+        assert proof.status_code == 200, proof.text
+        assert proof.json() == {"from": first, "to": second, "hashes": []}
     page = served.get("/v1/log/entries", "auditor", start=0, end=10**9).json()["entries"]
     assert [e["index"] for e in page] == list(range(served.checkpoint().size))  # clamped
 

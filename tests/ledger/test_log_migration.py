@@ -77,14 +77,7 @@ def test_the_old_chain_becomes_the_first_leaves(db_url: str, tmp_path: Path) -> 
     assert "revision 0003" in migrated.stdout
     assert f"{len(events)} log entries integrated and signed" in migrated.stdout
     leaves = [json.loads(r[0]) for r in _rows(url, "SELECT leaf FROM log_entry ORDER BY idx")]
-    assert [e["kind"] for e in leaves] == [
-        "registry",
-        "report",
-        "report",
-        "report",
-        "report",
-        "decommission",
-    ]
+    assert [e["kind"] for e in leaves] == ["registry", *["report"] * 6, "decommission"]
     for old, new in zip(events, leaves, strict=True):
         assert new == {
             "actor": old.actor,
@@ -96,7 +89,8 @@ def test_the_old_chain_becomes_the_first_leaves(db_url: str, tmp_path: Path) -> 
     assert {t: _table(url, t) for t in projections} == projections
     verified = gpucap("ledger", "verify", "--db", url, "--projections")
     assert verified.returncode == 0, verified.stderr
-    assert "ok: 6 entries" in verified.stdout
+    assert "ok: 8 entries" in verified.stdout
+    assert "projections equal a replay of 8 entries" in verified.stdout
     engine = sa.create_engine(url)
     try:
         assert not sa.inspect(engine).has_table("event")
@@ -117,18 +111,18 @@ def test_a_broken_chain_refuses_to_migrate_and_changes_nothing(db_url: str, tmp_
         in refused.stderr
     )
     assert _rows(url, "SELECT version_num FROM alembic_version") == [("0002",)]
-    assert len(_rows(url, "SELECT seq FROM event")) == 6
+    assert len(_rows(url, "SELECT seq FROM event")) == 8
 
 
 def test_a_deleted_old_row_is_named(db_url: str, tmp_path: Path) -> None:
     url = old_ledger(db_url, tmp_path)
     engine = sa.create_engine(url)
     with engine.begin() as conn:
-        conn.execute(sa.text("DELETE FROM event WHERE seq = 6"))  # the tail
+        conn.execute(sa.text("DELETE FROM event WHERE seq = 8"))  # the tail
     engine.dispose()
     refused = gpucap("ledger", "migrate", "--db", url)
     assert refused.returncode == 3
-    assert "event[6]: the chain does not end at the recorded head" in refused.stderr
+    assert "event[8]: the chain does not end at the recorded head" in refused.stderr
 
 
 def test_a_new_ledger_signs_its_empty_log_at_migration(db_url: str) -> None:

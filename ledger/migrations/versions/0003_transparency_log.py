@@ -94,6 +94,13 @@ def upgrade() -> None:
         sa.Column("recorded_at", sa.String(), nullable=False),
         sa.Column("leaf", sa.Text(), nullable=False),
     )
+    op.create_index(
+        "ix_log_entry_pending",
+        "log_entry",
+        ["id"],
+        sqlite_where=sa.text("idx IS NULL"),
+        postgresql_where=sa.text("idx IS NULL"),
+    )
     op.create_table(
         "tree_node",
         sa.Column("level", sa.SmallInteger(), primary_key=True, autoincrement=False),
