@@ -86,6 +86,11 @@ LEDGER_METRICS: tuple[MetricSpec, ...] = (
         "gauge",
         "Entries in the ledger's transparency log covered by its newest signed checkpoint.",
     ),
+    MetricSpec(
+        "gpucap_log_unsigned_age_seconds",
+        "gauge",
+        "Age of the oldest log entry not yet in a signed checkpoint; 0 when every one is signed.",
+    ),
 )
 
 
@@ -134,6 +139,7 @@ def ledger_families(snapshot: LedgerSnapshot) -> list[Metric]:
             {"id": snapshot.ruleset_id, "status": snapshot.ruleset_status},
         )
     out.add("gpucap_eventlog_rows", snapshot.eventlog_rows)
+    out.add("gpucap_log_unsigned_age_seconds", snapshot.log_unsigned_age_s)
     return out.families()
 
 

@@ -89,3 +89,4 @@ class LedgerSnapshot:
     reports_total: Mapping[str, int] = field(default_factory=dict)  # accepted|duplicate|rejected
     auth_refusals_total: Mapping[str, int] = field(default_factory=dict)  # reason -> n
     eventlog_rows: int = 0
+    log_unsigned_age_s: float = 0.0  # age of the oldest entry not yet in a signed checkpoint

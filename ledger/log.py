@@ -52,6 +52,7 @@ _PENDING = HotSql(
     "SELECT id, leaf FROM log_entry WHERE idx IS NULL ORDER BY id LIMIT :limit",
 )
 _ANY_PENDING = HotSql("SELECT 1 FROM log_entry WHERE idx IS NULL LIMIT 1")
+_OLDEST_PENDING = HotSql("SELECT min(recorded_at) FROM log_entry WHERE idx IS NULL")
 _SET_IDX = HotSql("UPDATE log_entry SET idx = :idx WHERE id = :id AND idx IS NULL")
 _INSERT_NODE = HotSql("INSERT INTO tree_node (level, idx, hash) VALUES (:level, :idx, :hash)")
 _STATE = HotSql(
@@ -142,6 +143,12 @@ def tree(conn: Connection) -> Tree:
 
 def has_pending(conn: Connection) -> bool:
     return _ANY_PENDING.one(conn) is not None
+
+
+def oldest_pending(conn: Connection) -> str | None:
+    """`recorded_at` of the oldest entry not yet integrated, or None when all are signed."""
+    row = _OLDEST_PENDING.one(conn)
+    return None if row is None or row[0] is None else str(row[0])
 
 
 def integrate(store: Store, signer: Signer, now: datetime, keep_s: float) -> int:

@@ -38,7 +38,7 @@ from gpucap.ledger.ingest import Outcome, Prepared
 from gpucap.ledger.integrator import Integrator
 from gpucap.ledger.linecache import LineSet
 from gpucap.ledger.models import Report
-from gpucap.ledger.settings import Settings
+from gpucap.ledger.settings import Settings, parse_instant
 from gpucap.ledger.store import Store
 from gpucap.ledger.views import FleetIndex, parse_request_scope, require_visible
 
@@ -299,11 +299,17 @@ class Ledger:
         state = self.store.state()
         with self.store.read() as conn:
             size = log.tree(conn).size
+            oldest = log.oldest_pending(conn)
         now = self.now()
+        unsigned = (
+            0.0 if oldest is None else max(0.0, (now - parse_instant(oldest)).total_seconds())
+        )
         key = (size, state.projection_version, now.date())
         at = self._snapshot_at
         recent = at is not None and (now - at).total_seconds() < self.settings.report_interval_s
         if not force and key == self._snapshot_key and recent:
+            with self._lock:  # the log's freshness is cheap and must not wait for a rebuild
+                self._snapshot = replace(self._snapshot, log_unsigned_age_s=unsigned)
             return False
         ev, _ = self.evaluation(now.date())
         found = self.reconciliation()
@@ -330,6 +336,7 @@ class Ledger:
             nodes=nodes,
             findings=dict(found["counts"]),
             eventlog_rows=size,
+            log_unsigned_age_s=unsigned,
         )
         with self._lock:
             self._snapshot = snap

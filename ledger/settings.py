@@ -113,3 +113,8 @@ class Settings:
 def iso_instant(moment: datetime) -> str:
     """A fixed-width UTC instant (`2026-01-05T10:00:00.000000Z`) that sorts as text."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_instant(text: str) -> datetime:
+    """The inverse of `iso_instant` (timezone-aware UTC)."""
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)

@@ -30,6 +30,7 @@ SNAPSHOT = LedgerSnapshot(
     reports_total={"accepted": 40, "rejected": 2},
     auth_refusals_total={"bad_signature": 4, "node_mismatch": 1},
     eventlog_rows=123,
+    log_unsigned_age_s=4.5,
 )
 
 
@@ -108,6 +109,7 @@ def test_counters_and_identity() -> None:
         (("id", "us-bis-ai-diffusion-2025"), ("status", "rescinded")): 1.0
     }
     assert samples(fams, "gpucap_eventlog_rows") == {(): 123.0}
+    assert samples(fams, "gpucap_log_unsigned_age_seconds") == {(): 4.5}
 
 
 def test_exposition_has_exactly_the_declared_families_with_help() -> None:

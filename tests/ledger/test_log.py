@@ -344,3 +344,18 @@ def test_a_key_file_that_is_not_an_ed25519_key_is_exit_2(tmp_path: Path) -> None
     result = gpucap("ledger", "migrate", "--db", url, env={"GPUCAP_LOG_KEY_FILE": str(path)})
     assert result.returncode == 2
     assert "GPUCAP_LOG_KEY_FILE: is not an unencrypted PKCS#8 PEM private key" in result.stderr
+
+
+def test_the_snapshot_says_how_long_the_oldest_entry_has_waited_for_a_signature(
+    ledger: Ledger, clock: Clock
+) -> None:
+    ledger.integrator.run_once()
+    ledger.refresh_snapshot(force=True)
+    assert ledger.snapshot().log_unsigned_age_s == 0.0
+    ledger.ingest(rep(seq=1))  # pending: nothing integrates in this test's ledger
+    clock.moment += timedelta(seconds=30)
+    ledger.refresh_snapshot()
+    assert ledger.snapshot().log_unsigned_age_s == 30.0
+    ledger.integrator.run_once()
+    ledger.refresh_snapshot()
+    assert ledger.snapshot().log_unsigned_age_s == 0.0
