@@ -204,9 +204,10 @@ def read_nodes(conn: Connection, keys: Iterable[tuple[int, int]]) -> dict[tuple[
     if not wanted:
         return {}
     t = table("tree_node")
-    rows = conn.execute(
-        sa.select(t.c.level, t.c.idx, t.c.hash).where(sa.tuple_(t.c.level, t.c.idx).in_(wanted))
-    ).all()
+    # An OR of key equalities, not a row-value IN: SQLite answers the IN with a full scan
+    # (seconds at 10,000,000 entries), the ORs with one index search each.
+    match = sa.or_(*(sa.and_(t.c.level == lv, t.c.idx == i) for lv, i in wanted))
+    rows = conn.execute(sa.select(t.c.level, t.c.idx, t.c.hash).where(match)).all()
     found = {(int(r[0]), int(r[1])): bytes(r[2]) for r in rows}
     missing = [k for k in wanted if k not in found]
     if missing:
