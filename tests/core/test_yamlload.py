@@ -25,12 +25,17 @@ ROOT = Path(__file__).resolve().parents[2]
 Load = Callable[[str], Any]
 
 
+def _no_libyaml() -> None:
+    """PyYAML without libyaml: a skip on a developer's machine, a failure under CI=true."""
+    if in_ci():
+        pytest.fail("PyYAML is built without libyaml: every load takes the pure-Python path")
+    pytest.skip("PyYAML is built without libyaml")
+
+
 def _libyaml(text: str) -> Any:
     fast = yamlload.FastLoader
     if fast is None:
-        if in_ci():
-            pytest.fail("PyYAML is built without libyaml: every load takes the pure-Python path")
-        pytest.skip("PyYAML is built without libyaml")
+        _no_libyaml()
     loader = fast(text)
     try:
         return loader.get_single_data()
@@ -61,9 +66,7 @@ def _outcome(fn: Load, text: str) -> tuple[object, ...]:
 
 def test_libyaml_is_the_loader_where_pyyaml_has_it() -> None:
     if not yaml.__with_libyaml__:
-        if in_ci():
-            pytest.fail("PyYAML is built without libyaml: every load takes the pure-Python path")
-        pytest.skip("PyYAML is built without libyaml")
+        _no_libyaml()
     assert yamlload.FastLoader is not None
     assert yamlload.LOADER == "libyaml C parser"
     text = (ROOT / "gpucap/data/examples/fleet.yaml").read_text(encoding="utf-8")
