@@ -21,7 +21,14 @@ from gpucap.core.errors import DataError, GpucapError, InputError
 # Each module exposes `register(subparsers)`, adding commands whose handlers are stored as
 # `func` and return an exit code. Handlers import heavy dependencies themselves, so that
 # `gpucap evaluate` does not pay for the ledger's web stack.
-_COMMAND_MODULES = ("gpucap.core.cli", "gpucap.agent.cli", "gpucap.ledger.cli", "gpucap.demo")
+_COMMAND_MODULES = (
+    "gpucap.core.cli",
+    "gpucap.agent.cli",
+    "gpucap.ledger.cli",
+    "gpucap.ledger.audit_cli",
+    "gpucap.ledger.periodreport",
+    "gpucap.demo",
+)
 
 EXIT_INPUT = 2
 EXIT_OPERATIONAL = 3

@@ -12,4 +12,5 @@ Layout (imperative shell around pure folds):
     reconcile  reconciliation findings
     app        the FastAPI application (`create_app(settings)`)
     cli        `gpucap ledger ...`, `gpucap headroom`, `gpucap whatif`
+    listings   `gpucap ledger nodes` and `token --list` rows as a table, JSON or CSV
 """

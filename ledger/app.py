@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -21,11 +22,14 @@ from starlette.concurrency import run_in_threadpool
 
 from gpucap.core.data import parse_day
 from gpucap.core.errors import GpucapError, InputError
-from gpucap.core.report import check_to_dict
+from gpucap.core.report import check_to_dict, evaluation_head
+from gpucap.ledger.auditapi import audit_routes
 from gpucap.ledger.errors import AuthError, RejectedError, UnavailableError
 from gpucap.ledger.evaluations import View
+from gpucap.ledger.known import parse_known_at
 from gpucap.ledger.logapi import log_routes
 from gpucap.ledger.models import Report, WhatIf, loc_path
+from gpucap.ledger.periodreport import report_routes
 from gpucap.ledger.service import Ledger
 from gpucap.ledger.settings import Settings
 from gpucap.ledger.store import Store
@@ -139,12 +143,17 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> FastAPI:
 
     @app.get("/v1/headroom")
     def headroom(
-        request: Request, scope: str | None = Query(None), as_of: str | None = Query(None)
+        request: Request,
+        scope: str | None = Query(None),
+        as_of: str | None = Query(None),
+        known_at: str | None = Query(None),
     ) -> Response:
-        """The checks of `gpucap evaluate` over registry plus observed inventory, by scope."""
+        """The checks of `gpucap evaluate` over registry plus observed inventory, by scope, as
+        the record stands now or as the log held it at `known_at`, with provenance."""
         led = get()
         principal = operator(request)
-        return Response(headroom_body(led, principal, scope, as_of), media_type="application/json")
+        body = headroom_body(led, principal, scope, as_of, known_at)
+        return Response(body, media_type="application/json")
 
     @app.post("/v1/whatif")
     async def whatif(request: Request) -> dict[str, Any]:
@@ -159,8 +168,17 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> FastAPI:
         return await run_in_threadpool(_whatif, led, principal, req)
 
     @app.get("/v1/inventory")
-    def inventory(request: Request, site: str | None = Query(None)) -> dict[str, Any]:
-        return get().inventory(operator(request), site)
+    def inventory(
+        request: Request,
+        site: str | None = Query(None),
+        as_of: str | None = Query(None),
+        known_at: str | None = Query(None),
+    ) -> dict[str, Any]:
+        """Declared and observed inventory per site (one site: its lines and devices)."""
+        led = get()
+        principal = operator(request)
+        day = _parse_day(as_of, "as_of", led.today())
+        return led.inventory(principal, site, day, parse_known_at(known_at))
 
     @app.get("/v1/nodes")
     def nodes(request: Request, site: str | None = Query(None)) -> dict[str, Any]:
@@ -172,6 +190,8 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> FastAPI:
         return get().reconciliation_for(operator(request))
 
     app.include_router(log_routes(get, operator))
+    app.include_router(audit_routes(get, operator))
+    app.include_router(report_routes(get, operator))
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -197,28 +217,45 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> FastAPI:
     return app
 
 
-def headroom_body(led: Ledger, principal: Principal, scope: str | None, as_of: str | None) -> bytes:
+def headroom_body(
+    led: Ledger,
+    principal: Principal,
+    scope: str | None,
+    as_of: str | None,
+    known_at: str | None = None,
+) -> bytes:
     """The `/v1/headroom` answer's JSON for one caller (the route's whole logic, also
-    benchmarked), cached per (view, token entity, scope)."""
-    view, requested = _headroom(led, principal, scope, as_of)
-    return view.document.body(principal.entity, requested)
+    benchmarked): the document's bytes, cached per (view, token entity, scope), with the
+    provenance block (made per request: it names the newest checkpoint) joined on."""
+    view, requested = _headroom(led, principal, scope, as_of, known_at)
+    body = view.document.body(principal.entity, requested)
+    provenance = json.dumps(led.provenance(view)).encode()
+    return b"".join((body[:-1], b', "provenance": ', provenance, b"}"))
 
 
 def headroom_answer(
-    led: Ledger, principal: Principal, scope: str | None, as_of: str | None
+    led: Ledger,
+    principal: Principal,
+    scope: str | None,
+    as_of: str | None,
+    known_at: str | None = None,
 ) -> dict[str, Any]:
     """The `/v1/headroom` document for one caller, as data (`headroom_body` is its JSON)."""
-    view, requested = _headroom(led, principal, scope, as_of)
-    return view.document.answer(principal.entity, requested)
+    view, requested = _headroom(led, principal, scope, as_of, known_at)
+    return {**view.document.answer(principal.entity, requested), "provenance": led.provenance(view)}
 
 
 def _headroom(
-    led: Ledger, principal: Principal, scope: str | None, as_of: str | None
+    led: Ledger,
+    principal: Principal,
+    scope: str | None,
+    as_of: str | None,
+    known_at: str | None,
 ) -> tuple[View, tuple[str, str] | None]:
     """The view a headroom request reads and its parsed scope (refused, and counted, when the
     principal may not see it)."""
     day = _parse_day(as_of, "as_of", led.today())
-    view = led.view(day)
+    view = led.view_known(day, parse_known_at(known_at))
     requested = None
     if scope:
         requested = parse_request_scope(scope, view.index)
@@ -238,7 +275,7 @@ def _visible(
 
 def _whatif(led: Ledger, principal: Principal, req: WhatIf) -> dict[str, Any]:
     day = req.as_of or led.today()
-    view = led.view(day)
+    view = led.view_known(day, parse_known_at(req.known_at))
     ev, fleet = view.evaluation, view.fleet
     for item in (*req.add, *req.remove):
         if item.site in view.index.sites:
@@ -251,8 +288,13 @@ def _whatif(led: Ledger, principal: Principal, req: WhatIf) -> dict[str, Any]:
         return can_see(check.scope, principal.entity, view.index)
 
     answer = whatif_answer(ev, after, visible, lambda c: check_to_dict(c, h100e))
-    answer["as_of"] = day.isoformat()
-    return answer
+    head = evaluation_head(after)
+    return {
+        "ruleset": head["ruleset"],
+        "as_of": day.isoformat(),
+        **answer,
+        "provenance": led.provenance(view),
+    }
 
 
 def led_evaluate(led: Ledger, fleet: Any, day: date) -> Any:

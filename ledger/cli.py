@@ -1,5 +1,6 @@
-"""`gpucap ledger serve|migrate|token|verify|rebuild|decommission|log-key`, `gpucap headroom`,
-`gpucap whatif`, `gpucap log verify`. Handlers import the web and database stacks lazily.
+"""`gpucap ledger serve|migrate|token|verify|rebuild|decommission|nodes|log-key`,
+`gpucap headroom`, `gpucap whatif`, `gpucap log verify`. Handlers import the web and database
+stacks lazily.
 
 Exit codes (see gpucap/cli.py): headroom 1 when a visible check is breached, whatif 1 when the
 change is not allowed; ledger verify 3 naming the first problem; log verify 1 when the log is
@@ -55,7 +56,13 @@ def register(subparsers: Any) -> None:
     token.add_argument("--entity", help="limit an operator token to one entity's scopes")
     token.add_argument("--auditor", metavar="NAME", help="auditor name (reads everything)")
     token.add_argument("--revoke", metavar="ID", help="revoke the token with this id")
-    token.add_argument("--by", default="cli", help="who issues or revokes it (recorded)")
+    token.add_argument("--by", help="who issues or revokes it (recorded; default cli)")
+    token.add_argument(
+        "--list", action="store_true", help="list the issued tokens (never a token or its hash)"
+    )
+    token.add_argument(
+        "--format", choices=("table", "json", "csv"), help="format of --list (default table)"
+    )
     token.set_defaults(func=_token)
 
     verify = sub.add_parser(
@@ -84,12 +91,34 @@ def register(subparsers: Any) -> None:
     db_flag(decom)
     decom.add_argument("--node", required=True)
     decom.add_argument("--by", default="cli", help="who decommissions it (recorded)")
+    decom.add_argument("--reason", help="why (recorded in the log entry)")
+    decom.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="say which node and how many present devices would be closed; change nothing",
+    )
     decom.set_defaults(func=_decommission)
+
+    nodes = sub.add_parser("nodes", help="list nodes: last contact, state and present devices")
+    db_flag(nodes)
+    nodes.add_argument(
+        "--ledger", help="read GET /v1/nodes from this ledger instead (token from GPUCAP_TOKEN)"
+    )
+    nodes.add_argument("--site", help="only this site's nodes")
+    nodes.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    nodes.set_defaults(func=_nodes, as_of=None)
+
+    from gpucap.ledger import audit_cli
+
+    audit_cli.register_ledger(sub, db_flag)
 
     headroom = subparsers.add_parser("headroom", help="ask a ledger how much headroom is left")
     headroom.add_argument("--ledger", required=True, help="ledger base URL")
     headroom.add_argument("--scope", help="country:XX, entity:E or site:S")
     headroom.add_argument("--as-of", help="date YYYY-MM-DD (default: today)")
+    headroom.add_argument(
+        "--known-at", help="the record as the log held it: ISO 8601 instant or log:N"
+    )
     headroom.add_argument("--format", choices=("table", "json"), default="table")
     headroom.set_defaults(func=_headroom)
 
@@ -99,6 +128,9 @@ def register(subparsers: Any) -> None:
     whatif.add_argument("--model", required=True, help="catalogue model id")
     whatif.add_argument("--count", type=int, required=True)
     whatif.add_argument("--as-of", help="date YYYY-MM-DD (default: today)")
+    whatif.add_argument(
+        "--known-at", help="the record as the log held it: ISO 8601 instant or log:N"
+    )
     whatif.add_argument("--format", choices=("table", "json"), default="table")
     whatif.set_defaults(func=_whatif)
 
@@ -227,6 +259,10 @@ def _token(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     # The flags are checked before the database is opened: a usage error is exit 2 anywhere.
+    if args.list:
+        return _token_list(args)
+    if args.format is not None:
+        raise InputError("--format", "only with --list")
     kinds = {
         "node": (args.node or args.site, {"node_id": args.node, "site_id": args.site}),
         "operator": (
@@ -245,18 +281,45 @@ def _token(args: argparse.Namespace) -> int:
     store = _store(args)
     try:
         if args.revoke:
-            tokens.revoke(store, args.revoke, utc_now(), by=args.by)
+            tokens.revoke(store, args.revoke, utc_now(), by=args.by or "cli")
             _integrate(store, settings)
             print(f"revoked {args.revoke}")
             return 0
         token_id, token = tokens.issue(
-            store, kind, utc_now(), settings.secret, by=args.by, **subject
+            store, kind, utc_now(), settings.secret, by=args.by or "cli", **subject
         )
         _integrate(store, settings)
     finally:
         store.close()
     print(f"token id {token_id}", file=sys.stderr)
     print(token)
+    return 0
+
+
+def _token_list(args: argparse.Namespace) -> int:
+    """`token --list`; any flag that issues or revokes is a usage error (before any I/O)."""
+    from gpucap.ledger import listings
+
+    flags = {
+        "--node": args.node,
+        "--site": args.site,
+        "--operator": args.operator,
+        "--entity": args.entity,
+        "--auditor": args.auditor,
+        "--revoke": args.revoke,
+        "--by": args.by,
+    }
+    for flag, value in flags.items():
+        if value is not None:
+            raise InputError(flag, "--list issues and revokes nothing: give it alone")
+    store = _store(args)
+    try:
+        with store.snapshot() as conn:
+            rows = listings.token_rows(conn)
+    finally:
+        store.close()
+    fmt = args.format or "table"
+    print(listings.render(rows, listings.TOKEN_COLUMNS, fmt, {"tokens": rows}), end="")
     return 0
 
 
@@ -311,13 +374,48 @@ def _decommission(args: argparse.Namespace) -> int:
     from gpucap.ledger import ingest
     from gpucap.ledger.settings import utc_now
 
+    if args.reason is not None:
+        ingest.check_reason(args.reason)  # exit 2 before the database is opened
     store = _store(args)
     try:
-        n = ingest.decommission(store, args.node, utc_now(), f"operator:{args.by}")
+        if args.dry_run:
+            n = ingest.decommission_preview(store, args.node, utc_now())
+            print(f"node {args.node} would be decommissioned; {n} devices would be closed")
+            return 0
+        actor = f"operator:{args.by}"
+        n = ingest.decommission(store, args.node, utc_now(), actor, args.reason)
         _integrate(store, _settings(args))
     finally:
         store.close()
     print(f"node {args.node} decommissioned; {n} devices closed")
+    return 0
+
+
+def _nodes(args: argparse.Namespace) -> int:
+    """`ledger nodes`: the GET /v1/nodes answer, from the database (--db) or a ledger."""
+    from gpucap.ledger import listings
+
+    if args.ledger is not None:
+        if args.db is not None:
+            raise InputError("--ledger", "give --db or --ledger, not both")
+        client = _client(args)
+        try:
+            doc = client.nodes(args.site)
+        finally:
+            client.close()
+    else:
+        from gpucap.ledger.service import Ledger
+        from gpucap.ledger.tokens import Principal
+
+        settings = _settings(args)
+        store = _store(args)
+        try:
+            everyone = Principal(token_id="", kind="operator", operator="cli")
+            doc = Ledger(settings, store).nodes(everyone, args.site)
+        finally:
+            store.close()
+    rows = listings.node_rows(doc)
+    print(listings.render(rows, listings.NODE_COLUMNS, args.format, doc), end="")
     return 0
 
 
@@ -339,17 +437,22 @@ def _client(args: argparse.Namespace) -> Any:
 
 
 def _headroom(args: argparse.Namespace) -> int:
+    from gpucap.ledger.audit_cli import known_at_param
+
+    known = known_at_param(args.known_at)
     client = _client(args)
     try:
-        answer = client.headroom(args.scope, args.as_of)
+        answer = client.headroom(args.scope, args.as_of, known)
     finally:
         client.close()
     if args.format == "json":
         print(json.dumps(answer, indent=2))
     else:
         from gpucap.core.report import render_document
+        from gpucap.ledger.known import short
 
         print(render_document(answer), end="")
+        print(short(answer["provenance"]), end="")
     return 1 if answer["verdict"] == "breach" else 0
 
 
@@ -357,9 +460,14 @@ def _whatif(args: argparse.Namespace) -> int:
     if args.count <= 0:
         raise InputError("--count", "must be a positive number of devices")
     client = _client(args)
+    from gpucap.ledger.audit_cli import known_at_param
+
     body: dict[str, Any] = {"add": [{"site": args.site, "model": args.model, "count": args.count}]}
     if args.as_of:
         body["as_of"] = args.as_of
+    known = known_at_param(args.known_at)
+    if known:
+        body["known_at"] = known
     try:
         answer = client.whatif(body)
     finally:
@@ -377,7 +485,14 @@ def _whatif(args: argparse.Namespace) -> int:
                 f"binding: {binding['rule']} {binding['scope']} "
                 f"headroom after {binding['headroom_tpp']:,} TPP"
             )
+        from gpucap.ledger.known import short
+
+        ruleset = answer["ruleset"]
+        print(f"rule pack {ruleset['id']} {ruleset['version']}: {ruleset['status']}")
+        for warning in ruleset["warnings"]:
+            print(f"warning: {warning}")
         print(checks_table(answer["after"]))
+        print(short(answer["provenance"]), end="")
     return 0 if answer["allowed"] else 1
 
 

@@ -1,4 +1,4 @@
-"""The operators' HTTP client for `gpucap headroom` and `gpucap whatif`.
+"""The operators' HTTP client for `gpucap headroom`, `gpucap whatif` and `gpucap ledger nodes`.
 
 A malformed base URL is an InputError (exit 2). HTTP status maps to our errors here: 422 ->
 InputError (exit 2), 401/403/5xx and connection failures -> UnavailableError (exit 3).
@@ -81,11 +81,50 @@ class LedgerClient:
         except ValueError:  # a JSON answer that is not JSON
             raise UnavailableError("ledger", f"{path}: the answer is not JSON") from None
 
-    def headroom(self, scope: str | None = None, as_of: str | None = None) -> dict[str, Any]:
-        params = {k: v for k, v in {"scope": scope, "as_of": as_of}.items() if v}
+    def headroom(
+        self, scope: str | None = None, as_of: str | None = None, known_at: str | None = None
+    ) -> dict[str, Any]:
+        given = {"scope": scope, "as_of": as_of, "known_at": known_at}
+        params = {k: v for k, v in given.items() if v}
         result: dict[str, Any] = self._call("GET", "/v1/headroom", params=params)
         return result
 
     def whatif(self, body: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = self._call("POST", "/v1/whatif", json=body)
+        return result
+
+    def report(
+        self,
+        start: str,
+        end: str,
+        step: str | None = None,
+        scope: str | None = None,
+        known_at: str | None = None,
+    ) -> dict[str, Any]:
+        """GET /v1/report: each step's visible checks from `start` to `end` (`gpucap report`)."""
+        given = {"scope": scope, "from": start, "to": end, "step": step, "known_at": known_at}
+        result: dict[str, Any] = self._call(
+            "GET", "/v1/report", params={k: v for k, v in given.items() if v}
+        )
+        return result
+
+    def nodes(self, site: str | None = None) -> dict[str, Any]:
+        """GET /v1/nodes: each visible node's liveness, state and present devices."""
+        params = {"site": site} if site else {}
+        result: dict[str, Any] = self._call("GET", "/v1/nodes", params=params)
+        return result
+
+    def explain(
+        self, rule: str, scope: str, as_of: str | None = None, known_at: str | None = None
+    ) -> dict[str, Any]:
+        """GET /v1/explain: one check's contributions."""
+        given = {"rule": rule, "scope": scope, "as_of": as_of, "known_at": known_at}
+        result: dict[str, Any] = self._call(
+            "GET", "/v1/explain", params={k: v for k, v in given.items() if v}
+        )
+        return result
+
+    def events(self, params: dict[str, str]) -> dict[str, Any]:
+        """GET /v1/events: one page of the log's history."""
+        result: dict[str, Any] = self._call("GET", "/v1/events", params=params)
         return result

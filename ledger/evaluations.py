@@ -14,7 +14,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy.engine import Connection
@@ -22,14 +22,33 @@ from sqlalchemy.engine import Connection
 from gpucap.core.engine import Evaluation, Tally, retally, tally
 from gpucap.core.fleet import Entity, Fleet, Line, Site
 from gpucap.core.ruleset import RulePack
-from gpucap.ledger import heap
+from gpucap.ledger import db, heap, log
 from gpucap.ledger.documents import Document
 from gpucap.ledger.linecache import LineSet, read_lines
+from gpucap.ledger.settings import iso_instant
 from gpucap.ledger.store import Store
 from gpucap.ledger.views import FleetIndex, with_observed
 
 _VIEWS = 8  # views kept (all of the newest version: older ones are never asked for again)
 _DATES = 4  # dates whose last tally is kept to make the next version's from
+
+
+@dataclass(frozen=True)
+class Basis:
+    """What an answer was computed from: the instant, the signed log size it reflects, entries
+    appended but not yet signed that it also reflects (live answers only) and the registry."""
+
+    known_at: str
+    log_size: int
+    unsigned: int
+    registry_digest: str | None
+
+
+def live_basis(conn: Connection, now: datetime) -> Basis:
+    """The basis of an answer read from the projections in `conn`'s snapshot."""
+    return Basis(
+        iso_instant(now), log.tree(conn).size, log.pending_count(conn), db.registry_digest(conn)
+    )
 
 
 @dataclass(frozen=True)
@@ -40,6 +59,7 @@ class View:
     fleet: Fleet
     index: FleetIndex
     document: Document
+    basis: Basis  # the state of the log it reflects, read in the snapshot it was made from
 
     @property
     def doc(self) -> dict[str, Any]:
@@ -76,8 +96,9 @@ class Evaluations:
         store: Store,
         registry: Callable[[Connection], Fleet],
         pack: Callable[[str], RulePack],
+        now: Callable[[], datetime],
     ) -> None:
-        self._store, self._registry, self._pack = store, registry, pack
+        self._store, self._registry, self._pack, self._now = store, registry, pack, now
         self._lock = threading.Lock()  # the dicts below
         self._making = threading.Lock()  # one view made at a time; a second asker then finds it
         self._views: OrderedDict[tuple[date, int], View] = OrderedDict()
@@ -111,6 +132,7 @@ class Evaluations:
         with self._store.snapshot() as conn:
             registry = self._registry(conn)
             lineset, _ = read_lines(conn, self.lineset)
+            basis = live_basis(conn, self._now())
         if self.lineset is None or self.lineset.version <= lineset.version:
             self.lineset = lineset
         # The version the lines were read at (a write may have landed since the first look).
@@ -129,7 +151,7 @@ class Evaluations:
             made = retally(last.tally, _changed(last, lineset, parts.declared))
             assert made.changed is not None  # a retally names the sites it changed
             document = Document(made.evaluation, parts.index, last.document, made.changed)
-        view = View(made.evaluation, fleet, parts.index, document)
+        view = View(made.evaluation, fleet, parts.index, document, basis)
         with self._lock:
             # Versions only grow: an older version's views can never be asked for again, and
             # dropping them at once keeps the heap (and the garbage collector's passes) small.

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from gpucap.core.catalogue import Catalogue
-from gpucap.core.errors import GpucapError
+from gpucap.core.errors import GpucapError, InputError
 from gpucap.core.fleet import Fleet
 from gpucap.core.scenario import parse_scenario
 from gpucap.ledger import db, log
@@ -279,18 +279,50 @@ def apply_devices(
         txn.touch()  # device rows change what reconciliation sees even when no line moves
 
 
-def decommission(store: Store, node_id: str, now: datetime, actor: str) -> int:
-    """Close a node: its devices stop counting for installed-base rules from today."""
+def decommission(
+    store: Store, node_id: str, now: datetime, actor: str, reason: str | None = None
+) -> int:
+    """Close a node: its devices stop counting for installed-base rules from today. The entry
+    carries `reason` only when one is given (older entries have none)."""
+    if reason is not None:
+        check_reason(reason)
     recorded_at = iso_instant(now)
     with transaction(store) as txn:
         node = db.node_for_update(txn.conn, node_id, lock=not store.is_sqlite)
-        if node is None:
-            raise RejectedError("node", f"no node {node_id!r} has reported")
-        if node.decommissioned_on is not None:
-            raise RejectedError("node", f"node {node_id!r} was decommissioned already")
+        _check_decommission(node, node_id)
         n = apply_decommission(txn, node_id, recorded_at[:10])
-        txn.append("decommission", actor, {"node_id": node_id, "on": recorded_at[:10]}, recorded_at)
+        body: dict[str, str] = {"node_id": node_id, "on": recorded_at[:10]}
+        if reason is not None:
+            body["reason"] = reason
+        txn.append("decommission", actor, body, recorded_at)
     return n
+
+
+def decommission_preview(store: Store, node_id: str, now: datetime) -> int:
+    """The devices `decommission` would close now, refusing what it would refuse; writes
+    nothing."""
+    with store.read() as conn:
+        node = db.node_for_update(conn, node_id, lock=False)
+        _check_decommission(node, node_id)
+        return len(fold_decommission(db.devices(conn, node_id), iso_instant(now)[:10]).rows)
+
+
+def _check_decommission(node: db.NodeRow | None, node_id: str) -> None:
+    if node is None:
+        raise RejectedError("node", f"no node {node_id!r} has reported")
+    if node.decommissioned_on is not None:
+        raise RejectedError("node", f"node {node_id!r} was decommissioned already")
+
+
+def check_reason(reason: str) -> None:
+    """InputError naming --reason for a reason the log should not hold: empty, a control
+    character other than tab and newline (NUL included), or text that is not UTF-8."""
+    if not reason.strip():
+        raise InputError("--reason", "must not be empty")
+    for i, ch in enumerate(reason):
+        if (ord(ch) < 0x20 and ch not in "\t\n") or "\ud800" <= ch <= "\udfff":
+            what = "not UTF-8" if ord(ch) >= 0x20 else f"control character U+{ord(ch):04X}"
+            raise InputError("--reason", f"{what} at position {i}")
 
 
 def apply_decommission(txn: Txn, node_id: str, on: str) -> int:

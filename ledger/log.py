@@ -45,6 +45,7 @@ KINDS = (
 )
 MAX_ENTRIES_PER_READ = 1000  # GET /v1/log/entries
 _INTEGRATE_BATCH = 20000  # entries per integration transaction
+_PROOFS_ONE_BY_ONE = 256  # more inclusion proofs than this are made from one read of the tree
 
 _APPEND = HotSql(
     "INSERT INTO log_entry (kind, recorded_at, leaf) VALUES (:kind, :recorded_at, :leaf)"
@@ -53,6 +54,7 @@ _PENDING = HotSql(
     "SELECT id, leaf FROM log_entry WHERE idx IS NULL ORDER BY id LIMIT :limit",
 )
 _ANY_PENDING = HotSql("SELECT 1 FROM log_entry WHERE idx IS NULL LIMIT 1")
+_PENDING_COUNT = HotSql("SELECT count(*) FROM log_entry WHERE idx IS NULL")
 _OLDEST_PENDING = HotSql("SELECT min(recorded_at) FROM log_entry WHERE idx IS NULL")
 _SET_IDX = HotSql("UPDATE log_entry SET idx = :idx WHERE id = :id AND idx IS NULL")
 _INSERT_NODE = HotSql("INSERT INTO tree_node (level, idx, hash) VALUES (:level, :idx, :hash)")
@@ -146,6 +148,11 @@ def has_pending(conn: Connection) -> bool:
     return _ANY_PENDING.one(conn) is not None
 
 
+def pending_count(conn: Connection) -> int:
+    """Entries appended and not yet integrated (few: they are signed within seconds)."""
+    return int(_PENDING_COUNT.one(conn)[0])
+
+
 def oldest_pending(conn: Connection) -> str | None:
     """`recorded_at` of the oldest entry not yet integrated, or None when all are signed."""
     row = _OLDEST_PENDING.one(conn)
@@ -237,6 +244,24 @@ def inclusion(conn: Connection, index: int, size: int) -> tuple[bytes, list[byte
     """(leaf hash, audit path) of leaf `index` in the tree of `size` (0 <= index < size)."""
     found = read_nodes(conn, [(0, index), *merkle.inclusion_nodes(index, size)])
     return found[(0, index)], merkle.inclusion_proof(index, size, found)
+
+
+def inclusions(
+    conn: Connection, indices: Sequence[int], size: int
+) -> Iterator[tuple[int, bytes, list[bytes]]]:
+    """(index, leaf hash, audit path) of many leaves in the tree of `size`: one query per leaf
+    for a few, one read of the whole stored tree for many (an evidence bundle's entries)."""
+    if len(indices) <= _PROOFS_ONE_BY_ONE:
+        for index in indices:
+            yield (index, *inclusion(conn, index, size))
+        return
+    t = table("tree_node")
+    rows = conn.execute(sa.select(t.c.level, t.c.idx, t.c.hash))
+    found = {(int(level), int(idx)): bytes(h) for level, idx, h in rows}
+    for index in indices:
+        if (0, index) not in found:
+            raise LogBrokenError(f"tree_node[0,{index}]", "missing from the stored tree")
+        yield index, found[(0, index)], merkle.inclusion_proof(index, size, found)
 
 
 def consistency(conn: Connection, first: int, second: int) -> list[bytes]:

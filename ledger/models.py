@@ -128,6 +128,7 @@ class WhatIf(_Strict):
     add: Annotated[list[Placement], Field(max_length=1000)] = []
     remove: Annotated[list[Placement], Field(max_length=1000)] = []
     as_of: Annotated[date, BeforeValidator(parse_day)] | None = None
+    known_at: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
 
     def check_consistent(self) -> None:
         for name, items in (("add", self.add), ("remove", self.remove)):

@@ -30,14 +30,17 @@ from gpucap.core.errors import GpucapError, InputError
 from gpucap.core.fleet import Fleet
 from gpucap.core.ruleset import RulePack, load_ruleset
 from gpucap.exporters.snapshots import CapSample, LedgerSnapshot, SiteSample
-from gpucap.ledger import db, heap, ingest, inventory, log, reconcile, tokens
+from gpucap.ledger import db, events, heap, ingest, inventory, log, reconcile, tokens
 from gpucap.ledger.batcher import GroupCommitter
 from gpucap.ledger.errors import AuthError, UnavailableError
-from gpucap.ledger.evaluations import Evaluations, View
+from gpucap.ledger.evaluations import Evaluations, View, live_basis
+from gpucap.ledger.explainer import explain_answer
 from gpucap.ledger.ingest import Outcome, Prepared
 from gpucap.ledger.integrator import Integrator
+from gpucap.ledger.known import KnownAt, PastRecords, provenance, resolve
 from gpucap.ledger.linecache import LineSet
 from gpucap.ledger.models import Report
+from gpucap.ledger.record import record_inventory
 from gpucap.ledger.settings import Settings, parse_instant
 from gpucap.ledger.store import Store
 from gpucap.ledger.views import FleetIndex, parse_request_scope, require_visible
@@ -85,7 +88,9 @@ class Ledger:
         self._sites = ingest.SiteCache()
         self._packs: dict[str, RulePack] = {}
         # The cached evaluations by (as_of, projection version), and what makes the next one.
-        self.evaluations = Evaluations(store, self.registry, self.pack)
+        self.evaluations = Evaluations(store, self.registry, self.pack, self.now)
+        # Evaluations of log prefixes, for answers with `known_at`.
+        self.past = PastRecords(store, self.catalogue)
         # Per-process counters (the Prometheus convention for counters; sum across processes).
         self.reports_total: Counter[str] = Counter()
         self.auth_refusals_total: Counter[str] = Counter()
@@ -216,6 +221,66 @@ class Ledger:
         (one small query per call validates the cache against the database)."""
         return self.evaluations.view(as_of)
 
+    def view_known(self, as_of: date, known: KnownAt | None) -> View:
+        """The live view (`known` None), or the evaluation of the log prefix `known` names."""
+        if known is None:
+            return self.view(as_of)
+        if known.instant is not None:
+            with self.store.read() as conn:
+                oldest = log.oldest_pending(conn)
+            if oldest is not None and oldest <= known.label():
+                self.integrator.run_once()  # entries recorded by then are signed before answering
+        with self.store.read() as conn:
+            size = resolve(conn, known, self.now())
+        view = self.past.view(size, as_of, self.pack)
+        return replace(view, basis=replace(view.basis, known_at=known.label()))
+
+    def signed_now(self) -> KnownAt:
+        """The whole signed log, as a `known_at` (what explain and evidence default to)."""
+        with self.store.read() as conn:
+            return KnownAt(size=log.tree(conn).size)
+
+    def explain(
+        self,
+        principal: tokens.Principal,
+        rule: str,
+        scope: str,
+        as_of: date | None = None,
+        known: KnownAt | None = None,
+    ) -> dict[str, Any]:
+        """One check's contributions, from the record of the signed log (or its prefix)."""
+        as_of = as_of or self.today()
+        view = self.view_known(as_of, known or self.signed_now())
+        pack = self.pack(view.fleet.ruleset)
+        with self.past.record(view.basis.log_size) as rec:
+            try:
+                answer = explain_answer(
+                    rec, view.fleet, pack, view.index, as_of, rule, scope, principal.entity
+                )
+            except AuthError as exc:
+                self.refuse(exc)
+                raise
+        return {"as_of": as_of.isoformat(), **answer, "provenance": self.provenance(view)}
+
+    def events(self, principal: tokens.Principal, query: events.Query) -> dict[str, Any]:
+        """One page of the log's history as `principal` may see it."""
+        if principal.entity is not None and query.entity not in (None, principal.entity):
+            exc = AuthError(
+                403,
+                "scope_forbidden",
+                f"operator token for {principal.entity!r} may not see entity:{query.entity}",
+            )
+            self.refuse(exc)
+            raise exc
+        with self.store.read() as conn:
+            sites = ingest.registry_sites(conn) or {}
+            return events.events(conn, query, sites, principal.entity)
+
+    def provenance(self, view: View) -> dict[str, Any]:
+        """The provenance block of an answer computed from `view`."""
+        with self.store.read() as conn:
+            return provenance(conn, view.basis, [view.evaluation.ruleset], self.now())
+
     @property
     def freeze_evaluations(self) -> bool:
         """Whether each newly cached evaluation is frozen (`serving_policy`; off in tests)."""
@@ -253,10 +318,34 @@ class Ledger:
         return reconcile.restrict(found, own)
 
     # -- inventory and nodes --------------------------------------------------------------
-    def inventory(self, principal: tokens.Principal, site: str | None) -> dict[str, Any]:
-        with self.store.read() as conn:
-            fleet = self._visible_site(conn, principal, site)
-            return inventory.inventory_view(conn, fleet, site, principal.entity)
+    def inventory(
+        self,
+        principal: tokens.Principal,
+        site: str | None,
+        as_of: date | None = None,
+        known: KnownAt | None = None,
+    ) -> dict[str, Any]:
+        """Declared and observed inventory (one site's lines and devices), live or as the log
+        held it at `known`, with provenance."""
+        as_of = as_of or self.today()
+        view = self.view_known(as_of, known)
+        if site is not None:
+            self._require_site(view.index, principal, site)
+        entity = principal.entity
+        if known is None:
+            with self.store.snapshot() as conn:
+                registry = self.registry(conn)
+                observed = inventory.inventory_view(conn, registry, site, entity)
+                basis = live_basis(conn, self.now())
+            view = replace(view, basis=basis)
+        else:
+            with self.past.record(view.basis.log_size) as rec:
+                registry = rec.registry_fleet()
+                observed = record_inventory(rec, registry, site, entity)
+        declared = inventory.declared_view(registry, site, entity, as_of)
+        return {"as_of": as_of.isoformat(), **inventory.merge(observed, declared, site)} | {
+            "provenance": self.provenance(view)
+        }
 
     def nodes(self, principal: tokens.Principal, site: str | None) -> dict[str, Any]:
         with self.store.read() as conn:
@@ -272,12 +361,15 @@ class Ledger:
         fleet = self.registry(conn)
         if site is not None:
             index = FleetIndex.of(fleet, self.pack(fleet.ruleset).tiers.resolve)
-            try:
-                require_visible(parse_request_scope(f"site:{site}", index), principal.entity, index)
-            except AuthError as exc:
-                self.refuse(exc)
-                raise
+            self._require_site(index, principal, site)
         return fleet
+
+    def _require_site(self, index: FleetIndex, principal: tokens.Principal, site: str) -> None:
+        try:
+            require_visible(parse_request_scope(f"site:{site}", index), principal.entity, index)
+        except AuthError as exc:
+            self.refuse(exc)
+            raise
 
     # -- metrics --------------------------------------------------------------------------
     def snapshot(self) -> LedgerSnapshot:

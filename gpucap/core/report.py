@@ -17,7 +17,7 @@ from rich.table import Table
 from gpucap.core.engine import Check, Evaluation, SiteTotal
 
 
-def tpp_number(value: Fraction) -> int | float:
+def tpp_number(value: Fraction | int) -> int | float:
     """An exact TPP figure as a JSON number."""
     return value.numerator if value.denominator == 1 else float(value)
 
