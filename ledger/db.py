@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from gpucap.ledger.fold import Change, DeviceFacts, DeviceRow
@@ -119,87 +118,103 @@ def liveness(conn: Connection) -> dict[str, tuple[int, str, str]]:
 
 
 # -- devices and lines ------------------------------------------------------------------------
+_DEVICE_COLUMNS = (
+    "node_id",
+    "uuid",
+    "site_id",
+    "model",
+    "pci_device_id",
+    "name",
+    "tpp",
+    "eccn_class",
+    "agent_tpp",
+    "tpp_mismatch",
+    "state",
+    "first_seen",
+    "gone_on",
+    "vanished",
+)
+_DEVICES = HotSql(f"SELECT {', '.join(_DEVICE_COLUMNS)} FROM device WHERE node_id = :node_id")  # noqa: S608 (constant)
+_UPSERT_DEVICE = HotSql(
+    f"INSERT INTO device ({', '.join(_DEVICE_COLUMNS)}) "  # noqa: S608 (constant)
+    f"VALUES ({', '.join(':' + c for c in _DEVICE_COLUMNS)}) "
+    "ON CONFLICT (node_id, uuid) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _DEVICE_COLUMNS[2:])
+)
+_ADD_LINE = HotSql(
+    "INSERT INTO inventory_line "
+    "(key, site_id, model, tpp, eccn_class, installed, removed, count, version) "
+    "VALUES (:key, :site_id, :model, :tpp, :eccn_class, :installed, :removed, :count, :version) "
+    "ON CONFLICT (key) DO UPDATE SET count = inventory_line.count + excluded.count, "
+    "version = excluded.version"
+)
+
+
 def devices(conn: Connection, node_id: str) -> dict[str, DeviceRow]:
     """A node's device rows by UUID."""
-    dev_t = table("device")
-    rows = conn.execute(sa.select(dev_t).where(dev_t.c.node_id == node_id)).all()
-    return {
-        r.uuid: DeviceRow(
-            node_id=r.node_id,
-            site_id=r.site_id,
-            facts=DeviceFacts(
-                uuid=r.uuid,
-                pci_device_id=r.pci_device_id,
-                name=r.name,
-                state=r.state,
-                model=r.model,
-                tpp=r.tpp,
-                eccn_class=r.eccn_class,
-                agent_tpp=r.agent_tpp,
-                tpp_mismatch=r.tpp_mismatch,
-            ),
-            first_seen=r.first_seen,
-            gone_on=r.gone_on,
-            vanished=r.vanished,
+    out = {}
+    for r in _DEVICES.all(conn, {"node_id": node_id}):
+        (node, uuid, site, model, pci, name, tpp, eccn, agent_tpp, mismatch, state) = r[:11]
+        facts = DeviceFacts(
+            uuid=uuid,
+            pci_device_id=pci,
+            name=name,
+            state=state,
+            model=model,
+            tpp=tpp,
+            eccn_class=eccn,
+            agent_tpp=agent_tpp,
+            tpp_mismatch=bool(mismatch),  # SQLite answers 0/1
         )
-        for r in rows
-    }
-
-
-def _dialect(conn: Connection) -> Any:
-    return postgresql if conn.dialect.name == "postgresql" else sqlite
+        out[uuid] = DeviceRow(node, site, facts, r[11], r[12], bool(r[13]))
+    return out
 
 
 def write_devices(conn: Connection, change: Change) -> None:
-    """Upsert the changed device rows."""
-    dev_t = table("device")
-    stmt = _dialect(conn).insert(dev_t)
-    keys = ("node_id", "uuid")
-    update = {c.name: stmt.excluded[c.name] for c in dev_t.columns if c.name not in keys}
-    rows = [
-        {
-            "node_id": r.node_id,
-            "uuid": r.facts.uuid,
-            "site_id": r.site_id,
-            "model": r.facts.model,
-            "pci_device_id": r.facts.pci_device_id,
-            "name": r.facts.name,
-            "tpp": r.facts.tpp,
-            "eccn_class": r.facts.eccn_class,
-            "agent_tpp": r.facts.agent_tpp,
-            "tpp_mismatch": r.facts.tpp_mismatch,
-            "state": r.facts.state,
-            "first_seen": r.first_seen,
-            "gone_on": r.gone_on,
-            "vanished": r.vanished,
-        }
-        for r in change.rows
-    ]
-    conn.execute(stmt.on_conflict_do_update(index_elements=list(keys), set_=update), rows)
+    """Upsert the changed device rows (one prepared statement, executemany)."""
+    _UPSERT_DEVICE.many(
+        conn,
+        [
+            {
+                "node_id": r.node_id,
+                "uuid": r.facts.uuid,
+                "site_id": r.site_id,
+                "model": r.facts.model,
+                "pci_device_id": r.facts.pci_device_id,
+                "name": r.facts.name,
+                "tpp": r.facts.tpp,
+                "eccn_class": r.facts.eccn_class,
+                "agent_tpp": r.facts.agent_tpp,
+                "tpp_mismatch": r.facts.tpp_mismatch,
+                "state": r.facts.state,
+                "first_seen": r.first_seen,
+                "gone_on": r.gone_on,
+                "vanished": r.vanished,
+            }
+            for r in change.rows
+        ],
+    )
 
 
 def write_lines(conn: Connection, change: Change, version: int) -> None:
     """Add the change's line deltas; rows carry the version this transaction commits and none
     is deleted (a line at count 0 stays as a tombstone, see `InventoryLine`)."""
-    line_t = table("inventory_line")
-    stmt = _dialect(conn).insert(line_t)
-    for spec, delta in sorted(change.line_deltas.items()):
-        conn.execute(
-            stmt.values(
-                key=spec.key,
-                site_id=spec.site_id,
-                model=spec.model,
-                tpp=spec.tpp,
-                eccn_class=spec.eccn_class,
-                installed=spec.installed,
-                removed=spec.removed or None,
-                count=delta,
-                version=version,
-            ).on_conflict_do_update(
-                index_elements=["key"],
-                set_={"count": line_t.c.count + delta, "version": version},
-            )
-        )
+    rows = [
+        {
+            "key": spec.key,
+            "site_id": spec.site_id,
+            "model": spec.model,
+            "tpp": spec.tpp,
+            "eccn_class": spec.eccn_class,
+            "installed": spec.installed,
+            "removed": spec.removed or None,
+            "count": delta,
+            "version": version,
+        }
+        for spec, delta in sorted(change.line_deltas.items())
+    ]
+    if rows:
+        _ADD_LINE.many(conn, rows)
 
 
 def clear_projections(conn: Connection, version: int) -> None:

@@ -23,7 +23,7 @@ from gpucap.ledger.models import ReportedDevice
 TPP_TOLERANCE = 1.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a million of these in a record at fleet scale
 class DeviceFacts:
     """What a report says about one device, with TPP and class from the ledger's catalogue."""
 
@@ -38,7 +38,7 @@ class DeviceFacts:
     tpp_mismatch: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeviceRow:
     """A device row of the `device` table."""
 
@@ -50,7 +50,7 @@ class DeviceRow:
     vanished: bool = False
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class LineSpec:
     """One aggregate line of observed devices (dates as ISO strings)."""
 

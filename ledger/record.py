@@ -52,7 +52,7 @@ class RegistryState:
     recorded_at: str
 
 
-@dataclass
+@dataclass(slots=True)
 class NodeState:
     """One node as the log describes it."""
 

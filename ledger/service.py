@@ -46,6 +46,8 @@ from gpucap.ledger.store import Store
 from gpucap.ledger.views import FleetIndex, parse_request_scope, require_visible
 
 _logger = logging.getLogger("gpucap.ledger")
+_PREPARED_NODES = 200_000  # nodes whose last resolved devices are kept (about 2 KiB each)
+_VERIFIED_TOKENS = 200_000  # tokens whose signature was checked (revocation is checked always)
 
 
 def registry_doc(path: Path, catalogue: Catalogue) -> Any:
@@ -83,6 +85,8 @@ class Ledger:
             settings.log_checkpoint_keep_s,
         )
         self._committer: GroupCommitter[Prepared, Outcome] = GroupCommitter(self._write_reports)
+        self._prepared: dict[str, Prepared] = {}  # node -> its last report's resolved facts
+        self._verified: dict[str, tokens.Principal] = {}  # token -> its principal (HMAC checked)
         self._lock = threading.Lock()
         self._registry: tuple[str, Fleet] | None = None
         self._sites = ingest.SiteCache()
@@ -157,11 +161,21 @@ class Ledger:
     def submit(self, report: Report) -> Future[Outcome]:
         """Queue a report for the group committer; the Future is answered once it is durable
         (or refused: RejectedError)."""
-        try:
-            prepared = ingest.prepare(report, self.catalogue)
-        except InputError:
-            self.count_report("rejected")
-            raise
+        # A node's devices rarely change between reports: the facts resolved last time are
+        # reused when the reported devices are equal (comparing them costs a sixth of resolving
+        # them again); the catalogue is fixed for the process, so the facts would be the same.
+        last = self._prepared.get(report.node_id)
+        if last is not None and last.report.devices == report.devices:
+            prepared = Prepared(report, last.facts, last.digest)
+        else:
+            try:
+                prepared = ingest.prepare(report, self.catalogue)
+            except InputError:
+                self.count_report("rejected")
+                raise
+            if len(self._prepared) >= _PREPARED_NODES:
+                self._prepared.clear()  # a bound on memory, not a policy: misses are cheap
+            self._prepared[report.node_id] = prepared
         return self._committer.submit(prepared)
 
     def ingest(self, report: Report) -> Outcome:
@@ -195,7 +209,12 @@ class Ledger:
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 raise AuthError(401, "malformed_token", "expected 'Authorization: Bearer TOKEN'")
-            principal = tokens.verify(token.strip(), self.key)
+            principal = self._verified.get(token)
+            if principal is None:
+                principal = tokens.verify(token.strip(), self.key)
+                if len(self._verified) >= _VERIFIED_TOKENS:
+                    self._verified.clear()
+                self._verified[token] = principal  # the same bytes verify the same way
             if self.revocations.is_revoked(principal.token_id):
                 raise AuthError(401, "revoked", f"token {principal.token_id} was revoked")
             if principal.kind not in kinds:

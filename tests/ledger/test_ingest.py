@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from gpucap.core.catalogue import default_catalogue
 from gpucap.core.report import evaluation_to_dict
 from gpucap.ledger import ingest, log, replay, tokens
-from gpucap.ledger.errors import RejectedError
+from gpucap.ledger.errors import AuthError, RejectedError
 from gpucap.ledger.models import Report
 from gpucap.ledger.service import Ledger
 from gpucap.ledger.store import Store
@@ -598,3 +598,32 @@ def test_incremental_line_reads_equal_full_reads(
             assert sorted(map(repr, view.fleet.lines)) == sorted(
                 map(repr, declared + tuple(full.lines.values()))
             )
+
+
+def test_resolved_devices_are_reused_only_while_they_are_equal(ledger: Ledger) -> None:
+    """The per-node memo of resolved facts gives exactly what resolving again gives."""
+    from gpucap.ledger.settings import utc_now
+
+    first = rep(node="n1", site="acme-ae-1", n=4)
+    ledger.ingest(first)
+    same = rep(node="n1", site="acme-ae-1", seq=2, n=4)
+    assert ledger.submit(same).result().status == "accepted"
+    assert ledger._prepared["n1"].digest == ingest.prepare(same, ledger.catalogue).digest
+    swapped = [device(i, "n1") for i in range(3)] + [device(9, "n1", pci_device_id="0x2335")]
+    changed = rep(node="n1", site="acme-ae-1", seq=3, devices=swapped)
+    ledger.ingest(changed)
+    memo = ledger._prepared["n1"]
+    assert memo.report is changed
+    assert memo.facts == ingest.prepare(changed, ledger.catalogue).facts
+    with ledger.store.read() as conn:
+        assert ingest.db.devices(conn, "n1")["GPU-n1-0009"].facts.pci_device_id == "0x2335"
+    # A token whose signature was checked once is still refused once revoked.
+    token_id, token = tokens.issue(
+        ledger.store, "node", utc_now(), None, node_id="n1", site_id="acme-ae-1"
+    )
+    assert ledger.authenticate(f"Bearer {token}", "node").token_id == token_id
+    tokens.revoke(ledger.store, token_id, utc_now())
+    with pytest.raises(AuthError, match="revoked"):
+        ledger.authenticate(f"Bearer {token}", "node")
+    with pytest.raises(AuthError, match="signature"):
+        ledger.authenticate(f"Bearer {token[:-2]}AA", "node")
