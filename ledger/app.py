@@ -203,8 +203,7 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> FastAPI:
         if led is None:
             return JSONResponse({"status": "starting"}, 503)
         try:
-            with led.store.read() as conn:
-                led.registry(conn)
+            led.ready()
         except UnavailableError as exc:
             return JSONResponse({"status": "not ready", "detail": str(exc)}, 503)
         return JSONResponse({"status": "ready"})

@@ -164,21 +164,11 @@ def _events(args: argparse.Namespace) -> int:
         finally:
             client.close()
     else:
-        from dataclasses import replace
-
-        from gpucap.ledger import ingest
         from gpucap.ledger.cli import _store
 
         store = _store(args)
         try:
-            with store.read() as conn:
-                sites = ingest.registry_sites(conn) or {}
-                while True:
-                    page = events.events(conn, query, sites, None)
-                    pages.append(page)
-                    if not args.all or page["next_cursor"] is None:
-                        break
-                    query = replace(query, cursor=page["next_cursor"])
+            pages = events.history(store, query, args.all)
         finally:
             store.close()
     entries = [e for p in pages for e in p["entries"]]

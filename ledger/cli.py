@@ -314,8 +314,7 @@ def _token_list(args: argparse.Namespace) -> int:
             raise InputError(flag, "--list issues and revokes nothing: give it alone")
     store = _store(args)
     try:
-        with store.snapshot() as conn:
-            rows = listings.token_rows(conn)
+        rows = listings.token_listing(store)
     finally:
         store.close()
     fmt = args.format or "table"

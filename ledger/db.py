@@ -1,15 +1,17 @@
-"""The projection tables' rows: every statement the write path, the replay and the registry
-reads run on `node`, `device`, `inventory_line` and `registry`, with typed rows out.
+"""Every statement on the ledger's own tables but the log's: `node`, `device`, `inventory_line`,
+`registry`, `token` and the `ledger_state` reads, with typed rows out.
 
-The decisions (is this a heartbeat, a duplicate, a refusal) are `ingest`'s; this module only
-reads and writes rows inside the caller's transaction. The log's own tables belong to `log`;
-read models that only answer queries (`reconcile`, `inventory`, `linecache`) keep their SELECTs
-beside the answer they build, and tokens theirs in `tokens`.
+The decisions (is this a heartbeat, a duplicate, a refusal, which finding, which answer) belong
+to the callers: the write path (`ingest`), the replay, the read models (`inventory`,
+`reconcile`, `linecache`) and `tokens`. This module only reads and writes rows inside the
+transaction the caller passes in. The log's tables (`log_entry`, `tree_node`, `checkpoint`,
+`log_state`) belong to `log`; the engines and the `ledger_state` counters to `store`. It runs
+past 400 lines because it is the one place every such statement lives, grouped by table.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
@@ -248,3 +250,324 @@ def replace_registry(conn: Connection, digest: str, doc: str, origin: str, loade
     conn.execute(
         sa.insert(reg_t).values(id=1, digest=digest, doc=doc, origin=origin, loaded_at=loaded_at)
     )
+
+
+def node_sites(conn: Connection, node_ids: Iterable[str]) -> dict[str, str]:
+    """node id -> site id of the given nodes (those that exist)."""
+    wanted = list(node_ids)
+    if not wanted:
+        return {}
+    t = table("node")
+    rows = conn.execute(sa.select(t.c.node_id, t.c.site_id).where(t.c.node_id.in_(wanted)))
+    return {str(n): str(s) for n, s in rows}
+
+
+# -- read models: GET /v1/inventory, GET /v1/nodes, reconciliation ----------------------------
+class NodeSummary(NamedTuple):
+    """A node as `GET /v1/nodes` lists it, with its present devices (`gone_on` NULL)."""
+
+    node_id: str
+    site_id: str
+    last_seq: int
+    first_seen: str
+    last_seen: str
+    decommissioned_on: str | None
+    agent_version: str
+    devices: int
+
+
+class DevicePlace(NamedTuple):
+    uuid: str
+    node_id: str
+    site_id: str
+
+
+class StaleNode(NamedTuple):
+    node_id: str
+    site_id: str
+    last_seen: str
+
+
+def present_by_site(conn: Connection) -> list[tuple[str, int, int]]:
+    """(site, present devices, their TPP) per site with any, by site."""
+    dev = table("device")
+    rows = conn.execute(
+        sa.select(dev.c.site_id, sa.func.count(), sa.func.coalesce(sa.func.sum(dev.c.tpp), 0))
+        .where(dev.c.gone_on.is_(None))
+        .group_by(dev.c.site_id)
+        .order_by(dev.c.site_id)
+    ).all()
+    return [(str(r[0]), int(r[1]), int(r[2])) for r in rows]
+
+
+def site_device_count(conn: Connection, site: str) -> int:
+    """Every device row of a site, present or gone."""
+    dev = table("device")
+    return int(
+        conn.execute(
+            sa.select(sa.func.count()).select_from(dev).where(dev.c.site_id == site)
+        ).scalar_one()
+    )
+
+
+def site_devices(conn: Connection, site: str, limit: int) -> list[dict[str, Any]]:
+    """Up to `limit` of a site's device rows (every column), by node and UUID."""
+    dev = table("device")
+    return [
+        dict(r._mapping)
+        for r in conn.execute(
+            sa.select(dev)
+            .where(dev.c.site_id == site)
+            .order_by(dev.c.node_id, dev.c.uuid)
+            .limit(limit)
+        )
+    ]
+
+
+def site_lines(conn: Connection, site: str) -> list[dict[str, Any]]:
+    """A site's inventory lines with devices (count > 0, every column), by key."""
+    line = table("inventory_line")
+    return [
+        dict(r._mapping)
+        for r in conn.execute(
+            sa.select(line).where(line.c.site_id == site, line.c.count > 0).order_by(line.c.key)
+        )
+    ]
+
+
+def node_count(conn: Connection, sites: Sequence[str]) -> int:
+    """The nodes at `sites`, decommissioned ones included."""
+    node = table("node")
+    return int(
+        conn.execute(
+            sa.select(sa.func.count()).select_from(node).where(node.c.site_id.in_(sites))
+        ).scalar_one()
+    )
+
+
+def node_summaries(conn: Connection, sites: Sequence[str], limit: int) -> list[NodeSummary]:
+    """Up to `limit` of the nodes at `sites`, by node id, each with its present devices."""
+    node = table("node")
+    dev = table("device")
+    # Present devices per node in one grouped subquery (a node's devices are at its site).
+    present = (
+        sa.select(dev.c.node_id, sa.func.count().label("devices"))
+        .where(dev.c.gone_on.is_(None), dev.c.site_id.in_(sites))
+        .group_by(dev.c.node_id)
+        .subquery()
+    )
+    rows = conn.execute(
+        sa.select(
+            node.c.node_id,
+            node.c.site_id,
+            node.c.last_seq,
+            node.c.first_seen,
+            node.c.last_seen,
+            node.c.decommissioned_on,
+            node.c.agent_version,
+            sa.func.coalesce(present.c.devices, 0).label("devices"),
+        )
+        .select_from(node.outerjoin(present, present.c.node_id == node.c.node_id))
+        .where(node.c.site_id.in_(sites))
+        .order_by(node.c.node_id)
+        .limit(limit)
+    ).all()
+    return [NodeSummary(*r) for r in rows]
+
+
+def duplicate_uuids(conn: Connection) -> list[DevicePlace]:
+    """Every present device whose UUID is present on more than one row, by UUID and node."""
+    dev = table("device")
+    present = dev.c.gone_on.is_(None)
+    dup = (
+        sa.select(dev.c.uuid)
+        .where(present)
+        .group_by(dev.c.uuid)
+        .having(sa.func.count() > 1)
+        .subquery()
+    )
+    rows = conn.execute(
+        sa.select(dev.c.uuid, dev.c.node_id, dev.c.site_id)
+        .where(present, dev.c.uuid.in_(sa.select(dup.c.uuid)))
+        .order_by(dev.c.uuid, dev.c.node_id)
+    ).all()
+    return [DevicePlace(*r) for r in rows]
+
+
+def _device_finding(
+    conn: Connection, where: Any, extra: tuple[str, ...], limit: int
+) -> tuple[int, list[dict[str, Any]]]:
+    """(how many devices match `where`, up to `limit` of them by node and UUID: node_id,
+    site_id, uuid, name, pci_device_id and the `extra` columns)."""
+    dev = table("device")
+    count = int(conn.execute(sa.select(sa.func.count()).select_from(dev).where(where)).scalar_one())
+    cols = [dev.c.node_id, dev.c.site_id, dev.c.uuid, dev.c.name, dev.c.pci_device_id]
+    cols += [dev.c[c] for c in extra]
+    rows = conn.execute(
+        sa.select(*cols).where(where).order_by(dev.c.node_id, dev.c.uuid).limit(limit)
+    )
+    return count, [dict(r._mapping) for r in rows]
+
+
+def vanished_devices(conn: Connection, limit: int) -> tuple[int, list[dict[str, Any]]]:
+    """Devices gone without a decommission: (count, up to `limit` with `gone_on`)."""
+    dev = table("device")
+    return _device_finding(conn, dev.c.vanished.is_(True), ("gone_on",), limit)
+
+
+def unknown_devices(conn: Connection, limit: int) -> tuple[int, list[dict[str, Any]]]:
+    """Present devices the catalogue does not know (no model): (count, up to `limit`)."""
+    dev = table("device")
+    return _device_finding(conn, sa.and_(dev.c.gone_on.is_(None), dev.c.model.is_(None)), (), limit)
+
+
+def tpp_mismatch_devices(conn: Connection, limit: int) -> tuple[int, list[dict[str, Any]]]:
+    """Present devices whose agent's TPP or model disagrees with the catalogue: (count, up to
+    `limit` with model, tpp and agent_tpp)."""
+    dev = table("device")
+    where = sa.and_(dev.c.gone_on.is_(None), dev.c.tpp_mismatch.is_(True))
+    return _device_finding(conn, where, ("model", "tpp", "agent_tpp"), limit)
+
+
+def stale_nodes(conn: Connection, cutoff: str, limit: int) -> tuple[int, list[StaleNode]]:
+    """Live nodes last seen before `cutoff` (an instant): (count, up to `limit` by node id)."""
+    node = table("node")
+    stale = sa.and_(node.c.decommissioned_on.is_(None), node.c.last_seen < cutoff)
+    count = int(
+        conn.execute(sa.select(sa.func.count()).select_from(node).where(stale)).scalar_one()
+    )
+    rows = conn.execute(
+        sa.select(node.c.node_id, node.c.site_id, node.c.last_seen)
+        .where(stale)
+        .order_by(node.c.node_id)
+        .limit(limit)
+    )
+    return count, [StaleNode(*r) for r in rows]
+
+
+def present_counts(conn: Connection, sites: Sequence[str]) -> dict[str, int]:
+    """site -> present devices, of those of `sites` that have any."""
+    dev = table("device")
+    rows = conn.execute(
+        sa.select(dev.c.site_id, sa.func.count())
+        .where(dev.c.gone_on.is_(None), dev.c.site_id.in_(sites))
+        .group_by(dev.c.site_id)
+    ).all()
+    return {str(r[0]): int(r[1]) for r in rows}
+
+
+def live_node_counts(conn: Connection, cutoff: str) -> dict[tuple[str, str], int]:
+    """(site, fresh|stale) -> live (not decommissioned) nodes; stale: last seen before
+    `cutoff` (an instant)."""
+    node = table("node")
+    freshness = sa.case((node.c.last_seen < cutoff, "stale"), else_="fresh")
+    rows = conn.execute(
+        sa.select(node.c.site_id, freshness, sa.func.count())
+        .where(node.c.decommissioned_on.is_(None))
+        .group_by(node.c.site_id, freshness)
+    ).all()
+    return {(r[0], r[1]): int(r[2]) for r in rows}
+
+
+# -- inventory lines, for the line cache ------------------------------------------------------
+_LINES_SQL = (
+    "SELECT key, site_id, model, tpp, eccn_class, installed, removed, count FROM inventory_line"
+)
+_ALL_LINES_SQL = _LINES_SQL + " WHERE count > 0"
+_LINES_SINCE_SQL = _LINES_SQL + " WHERE version > "
+_VERSION_SQL = "SELECT projection_version FROM ledger_state WHERE id = 1"
+
+
+class LineRows(NamedTuple):
+    """The projection version of a snapshot and the `inventory_line` rows read at it, each
+    (key, site_id, model, tpp, eccn_class, installed, removed, count): every line with devices
+    when `full`, else those written after the base version (none when it is the base)."""
+
+    version: int
+    full: bool
+    rows: Sequence[Any]
+
+
+def lines_since(conn: Connection, base_version: int | None) -> LineRows:
+    """The lines of `conn`'s snapshot: every one (no base, or a base newer than the database)
+    or the rows written after `base_version`, none read when the snapshot is at the base. On
+    the driver's own cursor: the line cache's read is hot."""
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None  # a Connection inside a transaction always holds one
+    cur = dbapi.cursor()
+    try:
+        cur.execute(_VERSION_SQL)
+        version = int(cur.fetchone()[0])  # type: ignore[index]  # the state row always exists
+        if base_version is not None and base_version == version:
+            return LineRows(version, False, [])
+        if base_version is None or base_version > version:
+            cur.execute(_ALL_LINES_SQL)
+            return LineRows(version, True, cur.fetchall())
+        mark = "?" if conn.dialect.name == "sqlite" else "%s"
+        cur.execute(_LINES_SINCE_SQL + mark, (base_version,))
+        return LineRows(version, False, cur.fetchall())
+    finally:
+        cur.close()
+
+
+# -- the replay's comparison ------------------------------------------------------------------
+def projection_rows(conn: Connection, name: str) -> Iterator[dict[str, Any]]:
+    """Every row of projection table `name` (lines: those with devices), as column -> value."""
+    t = table(name)
+    query = sa.select(t)
+    if name == "inventory_line":
+        query = query.where(t.c.count > 0)
+    for r in conn.execute(query):
+        yield dict(r._mapping)
+
+
+# -- tokens -----------------------------------------------------------------------------------
+class TokenRow(NamedTuple):
+    """A `token` row (an auditor's name is kept in `operator`)."""
+
+    id: str
+    kind: str
+    node_id: str | None
+    site_id: str | None
+    operator: str | None
+    entity: str | None
+    token_sha256: str
+    created_at: str
+    revoked_at: str | None
+
+
+def insert_token(conn: Connection, token: TokenRow) -> None:
+    conn.execute(sa.insert(table("token")).values(**token._asdict()))
+
+
+def unrevoked_token(conn: Connection, token_id: str) -> TokenRow | None:
+    token_t = table("token")
+    row = conn.execute(
+        sa.select(token_t).where(token_t.c.id == token_id, token_t.c.revoked_at.is_(None))
+    ).first()
+    return None if row is None else TokenRow(**row._mapping)
+
+
+def revoke_token(conn: Connection, token_id: str, revoked_at: str) -> bool:
+    """Mark a token revoked; False when it is unknown or already revoked."""
+    token_t = table("token")
+    revoked = conn.execute(
+        sa.update(token_t)
+        .where(token_t.c.id == token_id, token_t.c.revoked_at.is_(None))
+        .values(revoked_at=revoked_at)
+    ).rowcount
+    return bool(revoked)
+
+
+def revoked_token_ids(conn: Connection) -> frozenset[str]:
+    token_t = table("token")
+    return frozenset(
+        conn.execute(sa.select(token_t.c.id).where(token_t.c.revoked_at.is_not(None))).scalars()
+    )
+
+
+def tokens(conn: Connection) -> list[TokenRow]:
+    """Every issued token, oldest first (ties by id)."""
+    token_t = table("token")
+    rows = conn.execute(sa.select(token_t).order_by(token_t.c.created_at, token_t.c.id))
+    return [TokenRow(**r._mapping) for r in rows]

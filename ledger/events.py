@@ -19,21 +19,21 @@ import base64
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from gpucap.ledger import log
+from gpucap.ledger import db, ingest, log
 from gpucap.ledger.bundle import redacted_registry
 from gpucap.ledger.errors import RejectedError
 from gpucap.ledger.known import parse_known_at, size_at
-from gpucap.ledger.tables import table
+from gpucap.ledger.store import Store
 
 SCAN = 20000  # entries looked at per request, at most
 MAX_LIMIT = 1000
+_DECOM = '"kind":"decommission"'  # in a leaf's canonical JSON
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
@@ -129,19 +129,16 @@ def events(
     if query.until is not None:
         end = min(end, size_at(conn, signed, query.until))
     stop = min(end, start + SCAN)
-    t = table("log_entry")
-    select = sa.select(t.c.idx, t.c.leaf).where(t.c.idx >= start, t.c.idx < stop)
-    if query.kind is not None:
-        select = select.where(t.c.kind == query.kind)
-    rows = conn.execute(select.order_by(t.c.idx).limit(query.limit + 1)).all()
-    node_sites = _node_sites(conn, [str(leaf) for _idx, leaf in rows])
+    rows = log.entries_page(conn, start, stop, query.kind, query.limit + 1)
+    decommissioned = [json.loads(leaf)["body"]["node_id"] for _i, leaf in rows if _DECOM in leaf]
+    node_sites = db.node_sites(conn, decommissioned)
     out: list[dict[str, Any]] = []
     looked = stop
     for idx, leaf in rows:
         if len(out) == query.limit:
-            looked = int(idx)
+            looked = idx
             break
-        entry = _visible(int(idx), str(leaf), query, sites_of, node_sites, viewer)
+        entry = _visible(idx, leaf, query, sites_of, node_sites, viewer)
         if entry is not None:
             out.append(entry)
     hashes = log.read_nodes(conn, [(0, e["index"]) for e in out])
@@ -157,18 +154,6 @@ def events(
 def _before(moment: datetime) -> datetime:
     """The last instant before `moment` that a text instant can name (since is inclusive)."""
     return moment - timedelta(microseconds=1)
-
-
-def _node_sites(conn: Connection, leaves: list[str]) -> dict[str, str]:
-    """The sites of the nodes the page's decommission entries name, in one query."""
-    nodes = {
-        json.loads(leaf)["body"]["node_id"] for leaf in leaves if '"kind":"decommission"' in leaf
-    }
-    if not nodes:
-        return {}
-    t = table("node")
-    rows = conn.execute(sa.select(t.c.node_id, t.c.site_id).where(t.c.node_id.in_(nodes)))
-    return {str(n): str(s) for n, s in rows}
 
 
 def _visible(
@@ -203,3 +188,17 @@ def _visible(
         }
         shown["redacted"] = True
     return {"index": idx, **shown}
+
+
+def history(store: Store, query: Query, follow: bool) -> list[dict[str, Any]]:
+    """Pages of every reader's view (no entity limit) read from the database, one or (with
+    `follow`) every page to the end: `gpucap ledger events --db`."""
+    pages = []
+    with store.read() as conn:
+        sites = ingest.registry_sites(conn) or {}
+        while True:
+            page = events(conn, query, sites, None)
+            pages.append(page)
+            if not follow or page["next_cursor"] is None:
+                return pages
+            query = replace(query, cursor=page["next_cursor"])

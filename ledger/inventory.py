@@ -1,5 +1,5 @@
 """`GET /v1/inventory` and `GET /v1/nodes`: observed devices per site, and each node's liveness
-(the last seq the ledger accepted and when), as the projections hold them."""
+(the last seq the ledger accepted and when), as the projections hold them (read through `db`)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,12 @@ from datetime import date, datetime
 from fractions import Fraction
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from gpucap.core.fleet import Fleet, Line
 from gpucap.core.report import tpp_number
+from gpucap.ledger import db
 from gpucap.ledger.reconcile import stale_cutoff
-from gpucap.ledger.tables import table
 
 MAX_DEVICES = 10000  # per answer; `devices_total` always holds the full number
 
@@ -22,41 +21,18 @@ def inventory_view(
     conn: Connection, fleet: Fleet, site: str | None, entity: str | None
 ) -> dict[str, Any]:
     """One site's devices and lines, or (no site) per-site counts of present devices."""
-    dev = table("device")
-    line = table("inventory_line")
     if site is None:
         sites = {s.id for s in fleet.sites if entity is None or s.entity == entity}
-        rows = conn.execute(
-            sa.select(dev.c.site_id, sa.func.count(), sa.func.coalesce(sa.func.sum(dev.c.tpp), 0))
-            .where(dev.c.gone_on.is_(None))
-            .group_by(dev.c.site_id)
-            .order_by(dev.c.site_id)
-        ).all()
         return {
             "sites": [
-                {"site": r[0], "devices": int(r[1]), "tpp": int(r[2])}
-                for r in rows
-                if r[0] in sites
+                {"site": s, "devices": devices, "tpp": tpp}
+                for s, devices, tpp in db.present_by_site(conn)
+                if s in sites
             ]
         }
-    total = conn.execute(
-        sa.select(sa.func.count()).select_from(dev).where(dev.c.site_id == site)
-    ).scalar_one()
-    devices = [
-        dict(r._mapping)
-        for r in conn.execute(
-            sa.select(dev)
-            .where(dev.c.site_id == site)
-            .order_by(dev.c.node_id, dev.c.uuid)
-            .limit(MAX_DEVICES)
-        )
-    ]
-    lines = [
-        dict(r._mapping)
-        for r in conn.execute(
-            sa.select(line).where(line.c.site_id == site, line.c.count > 0).order_by(line.c.key)
-        )
-    ]
+    total = db.site_device_count(conn, site)
+    devices = db.site_devices(conn, site, MAX_DEVICES)
+    lines = db.site_lines(conn, site)
     for ln in lines:
         ln.pop("key", None)
         ln.pop("version", None)
@@ -123,36 +99,11 @@ def nodes_view(
 ) -> dict[str, Any]:
     """Every visible node (or one site's) with its last accepted seq, first and last contact,
     its state (`node_state`) and how many devices it has present (`gone_on` NULL)."""
-    node = table("node")
-    dev = table("device")
     visible = [s.id for s in fleet.sites if entity is None or s.entity == entity]
     sites = [site] if site is not None else visible
-    where = node.c.site_id.in_(sites)
-    total = conn.execute(sa.select(sa.func.count()).select_from(node).where(where)).scalar_one()
+    total = db.node_count(conn, sites)
     cutoff = stale_cutoff(now, stale_after_s)
-    # Present devices per node in one grouped subquery (a node's devices are at its site).
-    present = (
-        sa.select(dev.c.node_id, sa.func.count().label("devices"))
-        .where(dev.c.gone_on.is_(None), dev.c.site_id.in_(sites))
-        .group_by(dev.c.node_id)
-        .subquery()
-    )
-    rows = conn.execute(
-        sa.select(
-            node.c.node_id,
-            node.c.site_id,
-            node.c.last_seq,
-            node.c.first_seen,
-            node.c.last_seen,
-            node.c.decommissioned_on,
-            node.c.agent_version,
-            sa.func.coalesce(present.c.devices, 0).label("devices"),
-        )
-        .select_from(node.outerjoin(present, present.c.node_id == node.c.node_id))
-        .where(where)
-        .order_by(node.c.node_id)
-        .limit(MAX_NODES)
-    ).all()
+    rows = db.node_summaries(conn, sites, MAX_NODES)
     return {
         "nodes_total": int(total),
         "nodes": [

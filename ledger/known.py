@@ -40,11 +40,10 @@ from gpucap.ledger.errors import RejectedError
 from gpucap.ledger.evaluations import Basis, View
 from gpucap.ledger.record import Record
 from gpucap.ledger.settings import iso_instant
-from gpucap.ledger.store import HotSql, Store
+from gpucap.ledger.store import Store
 from gpucap.ledger.views import FleetIndex
 
 _LOG_SIZE = re.compile(r"log_size=([0-9]{1,18})")
-_RECORDED_AT = HotSql("SELECT recorded_at FROM log_entry WHERE idx = :idx")
 _PAGE = 5000  # entries read per query while folding
 
 
@@ -88,7 +87,7 @@ def size_at(conn: Connection, signed: int, instant: datetime) -> int:
     lo, hi = 0, signed  # every entry below lo is at or before `mark`; hi is after or the end
     while lo < hi:
         mid = (lo + hi) // 2
-        if str(_RECORDED_AT.one(conn, {"idx": mid})[0]) <= mark:
+        if log.recorded_at(conn, mid) <= mark:
             lo = mid + 1
         else:
             hi = mid

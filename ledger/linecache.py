@@ -6,6 +6,7 @@ version V needs only the rows with `version > V`. A process's `LineSet` is a mem
 source: it is checked against the projection version read in the same snapshot as the rows, and
 without a base (or with one newer than the database) the reader reads every row. A patch also
 says which sites it touched, so that the engine re-adds only those (`sites_changed_since`).
+The version and the rows are read by `db.lines_since`, on the driver's own cursor.
 """
 
 from __future__ import annotations
@@ -17,14 +18,7 @@ from fractions import Fraction
 from sqlalchemy.engine import Connection
 
 from gpucap.core.fleet import Line
-
-_SELECT = (
-    "SELECT key, site_id, model, tpp, eccn_class, installed, removed, count FROM inventory_line"
-)
-_ALL_SQL = _SELECT + " WHERE count > 0"
-_SINCE_SQL = _SELECT + " WHERE version > "
-_VERSION_SQL = "SELECT projection_version FROM ledger_state WHERE id = 1"
-
+from gpucap.ledger import db
 
 _HISTORY = 64  # patches a LineSet remembers the touched sites of
 
@@ -63,62 +57,49 @@ def read_lines(conn: Connection, base: LineSet | None) -> tuple[LineSet, int]:
     `conn` must be a snapshot (SQLite's read transaction; PostgreSQL at REPEATABLE READ), so that
     the version and the rows agree.
     """
-    dbapi = conn.connection.dbapi_connection
-    assert dbapi is not None  # a Connection inside a transaction always holds one
-    cur = dbapi.cursor()
-    try:
-        cur.execute(_VERSION_SQL)
-        version = int(cur.fetchone()[0])  # type: ignore[index]  # the state row always exists
-        if base is not None and base.version == version:
-            return base, 0
-        full = base is None or base.version > version
-        if full:
-            cur.execute(_ALL_SQL)
-            rows = cur.fetchall()
-            lines: dict[str, Line] = {}
-            by_site: dict[str, dict[str, Line]] = {}
-        else:
-            assert base is not None
-            mark = "?" if conn.dialect.name == "sqlite" else "%s"
-            cur.execute(_SINCE_SQL + mark, (base.version,))
-            rows = cur.fetchall()
-            lines = dict(base.lines)  # a changed key keeps its place: unchanged sites compare equal
-            by_site = dict(base.by_site)
-        touched: set[str] = set()  # sites whose dict in `by_site` is this patch's own copy
-        per_device: dict[int, Fraction] = {}
+    version, full, rows = db.lines_since(conn, None if base is None else base.version)
+    if base is not None and base.version == version:
+        return base, 0
+    if full:
+        lines: dict[str, Line] = {}
+        by_site: dict[str, dict[str, Line]] = {}
+    else:
+        assert base is not None
+        lines = dict(base.lines)  # a changed key keeps its place: unchanged sites compare equal
+        by_site = dict(base.by_site)
+    touched: set[str] = set()  # sites whose dict in `by_site` is this patch's own copy
+    per_device: dict[int, Fraction] = {}
 
-        def own(site: str) -> dict[str, Line]:
-            if site not in touched:
-                touched.add(site)
-                by_site[site] = dict(by_site.get(site, {}))
-            return by_site[site]
+    def own(site: str) -> dict[str, Line]:
+        if site not in touched:
+            touched.add(site)
+            by_site[site] = dict(by_site.get(site, {}))
+        return by_site[site]
 
-        for key, site_id, model, tpp, eccn_class, installed, removed, count in rows:
-            held = own(site_id)
-            gone = lines.pop(key, None) if count <= 0 else lines.get(key)
-            if gone is not None and gone.site != site_id:  # keys name their site: defensive
-                own(gone.site).pop(key, None)
-            if count <= 0:
-                held.pop(key, None)
-                continue
-            per = per_device.get(tpp)
-            if per is None:
-                per = per_device[tpp] = Fraction(tpp)
-            line = Line(
-                site=site_id,
-                count=count,
-                tpp_per_device=per,
-                eccn_class=eccn_class,
-                installed=date.fromisoformat(installed),
-                removed=date.fromisoformat(removed) if removed else None,
-                model=model,
-            )
-            lines[key] = held[key] = line
-        history: tuple[tuple[int, int, frozenset[str]], ...] = ()
-        if not full:
-            assert base is not None
-            patch = (base.version, version, frozenset(touched))
-            history = (*base.history[-(_HISTORY - 1) :], patch)
-        return LineSet(version, lines, by_site, history), len(rows)
-    finally:
-        cur.close()
+    for key, site_id, model, tpp, eccn_class, installed, removed, count in rows:
+        held = own(site_id)
+        gone = lines.pop(key, None) if count <= 0 else lines.get(key)
+        if gone is not None and gone.site != site_id:  # keys name their site: defensive
+            own(gone.site).pop(key, None)
+        if count <= 0:
+            held.pop(key, None)
+            continue
+        per = per_device.get(tpp)
+        if per is None:
+            per = per_device[tpp] = Fraction(tpp)
+        line = Line(
+            site=site_id,
+            count=count,
+            tpp_per_device=per,
+            eccn_class=eccn_class,
+            installed=date.fromisoformat(installed),
+            removed=date.fromisoformat(removed) if removed else None,
+            model=model,
+        )
+        lines[key] = held[key] = line
+    history: tuple[tuple[int, int, frozenset[str]], ...] = ()
+    if not full:
+        assert base is not None
+        patch = (base.version, version, frozenset(touched))
+        history = (*base.history[-(_HISTORY - 1) :], patch)
+    return LineSet(version, lines, by_site, history), len(rows)

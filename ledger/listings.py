@@ -1,8 +1,9 @@
 """The operators' listings: `gpucap ledger nodes` and `gpucap ledger token --list`.
 
 Rows are plain dicts; `render` makes them a Rich table, JSON or CSV (a header row of the JSON
-keys). The token listing reads the `token` table and, for who issued each token, the actor of
-its `token_issued` log entry (`operator:<by>`); it never reads or prints a token or its hash.
+keys). The token listing reads the `token` table (`db.tokens`) and, for who issued each token,
+the actor of its `token_issued` log entry (`operator:<by>`, `log.leaves_of_kind`); it never
+reads or prints a token or its hash.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import sqlalchemy as sa
 from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy.engine import Connection
 
-from gpucap.ledger.tables import table
+from gpucap.ledger import db, log
+from gpucap.ledger.store import Store
 
 # (JSON and CSV key, table heading) of each listing's columns, in order.
 NODE_COLUMNS = (
@@ -57,19 +58,15 @@ def node_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
 def token_rows(conn: Connection) -> list[dict[str, Any]]:
     """Every issued token (oldest first): id, kind, subject, scope (the entity an operator
     token is limited to), when and by whom it was issued, and when it was revoked."""
-    token_t = table("token")
-    entry_t = table("log_entry")
     issuers: dict[str, str] = {}
-    for (leaf,) in conn.execute(
-        sa.select(entry_t.c.leaf).where(entry_t.c.kind == "token_issued").order_by(entry_t.c.id)
-    ):
+    for leaf in log.leaves_of_kind(conn, "token_issued"):
         entry = json.loads(leaf)
         body = entry.get("body")
         if isinstance(body, dict) and isinstance(body.get("id"), str):
             actor = str(entry.get("actor", ""))
             issuers[body["id"]] = actor.removeprefix("operator:")
     rows = []
-    for r in conn.execute(sa.select(token_t).order_by(token_t.c.created_at, token_t.c.id)):
+    for r in db.tokens(conn):
         if r.kind == "node":
             subject = {"node": r.node_id, "site": r.site_id}
         else:  # an auditor's name is kept in the operator column
@@ -125,3 +122,9 @@ def render(
     Console(file=buffer, width=width, force_terminal=False, color_system=None).print(out)
     text = "\n".join(line.rstrip() for line in buffer.getvalue().splitlines())
     return text.strip("\n") + "\n"  # the heading first: no blank lines around the table
+
+
+def token_listing(store: Store) -> list[dict[str, Any]]:
+    """`gpucap ledger token --list`: every issued token, read in one snapshot."""
+    with store.snapshot() as conn:
+        return token_rows(conn)

@@ -54,6 +54,7 @@ _PENDING = HotSql(
     "SELECT id, leaf FROM log_entry WHERE idx IS NULL ORDER BY id LIMIT :limit",
 )
 _ANY_PENDING = HotSql("SELECT 1 FROM log_entry WHERE idx IS NULL LIMIT 1")
+_RECORDED_AT = HotSql("SELECT recorded_at FROM log_entry WHERE idx = :idx")
 _PENDING_COUNT = HotSql("SELECT count(*) FROM log_entry WHERE idx IS NULL")
 _OLDEST_PENDING = HotSql("SELECT min(recorded_at) FROM log_entry WHERE idx IS NULL")
 _SET_IDX = HotSql("UPDATE log_entry SET idx = :idx WHERE id = :id AND idx IS NULL")
@@ -231,6 +232,23 @@ def _nodes_statement(n: int) -> HotSql:
     return HotSql(f"SELECT level, idx, hash FROM tree_node WHERE {terms}")  # noqa: S608 (no input)
 
 
+def recorded_at(conn: Connection, index: int) -> str:
+    """`recorded_at` of integrated entry `index`."""
+    return str(_RECORDED_AT.one(conn, {"idx": index})[0])
+
+
+def entries_page(
+    conn: Connection, start: int, end: int, kind: str | None, limit: int
+) -> list[tuple[int, str]]:
+    """Up to `limit` integrated entries with start <= index < end (of one kind), in order."""
+    t = table("log_entry")
+    select = sa.select(t.c.idx, t.c.leaf).where(t.c.idx >= start, t.c.idx < end)
+    if kind is not None:
+        select = select.where(t.c.kind == kind)
+    rows = conn.execute(select.order_by(t.c.idx).limit(limit)).all()
+    return [(int(r[0]), str(r[1])) for r in rows]
+
+
 def entries(conn: Connection, start: int, end: int) -> list[tuple[int, str]]:
     """Integrated entries with start <= index < end, as (index, leaf text)."""
     t = table("log_entry")
@@ -297,3 +315,62 @@ def in_order(conn: Connection, batch: int = 2000) -> Iterator[tuple[str, str]]:
     ).all()  # few: they are signed within seconds; fetched whole before the caller writes
     for entry_id, leaf in pending:
         yield f"pending entry (id {entry_id})", leaf
+
+
+def leaves_of_kind(conn: Connection, kind: str) -> list[str]:
+    """The leaf text of every entry of `kind`, integrated or pending, in arrival order."""
+    t = table("log_entry")
+    rows = conn.execute(sa.select(t.c.leaf).where(t.c.kind == kind).order_by(t.c.id))
+    return [str(leaf) for (leaf,) in rows]
+
+
+def _pages(conn: Connection, query: Any, column: Any, batch: int) -> Iterator[Any]:
+    """Rows of `query` in `column` order, fetched in keyset pages of `batch`."""
+    after = -1
+    while True:
+        rows = conn.execute(query.where(column > after).order_by(column).limit(batch)).all()
+        yield from rows
+        if len(rows) < batch:
+            return
+        after = rows[-1][0]
+
+
+def integrated_leaves(conn: Connection, batch: int) -> Iterator[tuple[int, str]]:
+    """(index, leaf text) of every integrated entry by index, fetched in pages of `batch`
+    (memory stays O(batch) at any size)."""
+    t = table("log_entry")
+    query = sa.select(t.c.idx, t.c.leaf).where(t.c.idx.is_not(None))
+    for idx, leaf in _pages(conn, query, t.c.idx, batch):
+        yield int(idx), str(leaf)
+
+
+def level_nodes(conn: Connection, level: int, batch: int) -> Iterator[tuple[int, bytes]]:
+    """(index, hash) of every stored node at `level` by index, fetched in pages of `batch`."""
+    t = table("tree_node")
+    query = sa.select(t.c.idx, t.c.hash).where(t.c.level == level)
+    for idx, h in _pages(conn, query, t.c.idx, batch):
+        yield int(idx), bytes(h)
+
+
+def nodes_per_level(conn: Connection) -> dict[int, int]:
+    """level -> stored nodes at it (a tree of n leaves has n >> level)."""
+    t = table("tree_node")
+    rows = conn.execute(sa.select(t.c.level, sa.func.count()).group_by(t.c.level)).all()
+    return {int(level): int(n) for level, n in rows}
+
+
+@dataclass(frozen=True)
+class KeptCheckpoint:
+    """A checkpoint kept for history (a `checkpoint` row)."""
+
+    size: int
+    root: bytes
+    note: str
+    signed_at: str
+
+
+def kept_checkpoints(conn: Connection) -> list[KeptCheckpoint]:
+    """Every kept checkpoint, smallest tree first (few: at most one per `checkpoint_keep_s`)."""
+    t = table("checkpoint")
+    rows = conn.execute(sa.select(t).order_by(t.c.size))
+    return [KeptCheckpoint(int(r.size), bytes(r.root), str(r.note), str(r.signed_at)) for r in rows]

@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from gpucap.ledger import log, merkle
 from gpucap.ledger.errors import AuthError, RejectedError
+from gpucap.ledger.store import Store
 from gpucap.ledger.tokens import Principal
 
 if TYPE_CHECKING:
@@ -45,6 +46,63 @@ def _size(conn: Any) -> int:
     return log.tree(conn).size
 
 
+def checkpoint_text(store: Store) -> str:
+    """The newest signed checkpoint."""
+    with store.read() as conn:
+        return log.tree(conn).note
+
+
+def entries_answer(store: Store, start: int, end: int) -> dict[str, Any]:
+    """`/v1/log/entries`: integrated entries start <= index < end (at most a page)."""
+    with store.read() as conn:
+        size = _size(conn)
+        if start >= size:
+            raise RejectedError("start", f"must be below the tree size {size}")
+        if end <= start:
+            raise RejectedError("end", "must be above start (end is exclusive)")
+        rows = log.entries(conn, start, min(end, size, start + log.MAX_ENTRIES_PER_READ))
+    return {
+        "entries": [
+            {
+                "index": index,
+                "leaf": b64(leaf.encode("utf-8")),
+                "leaf_hash": b64(merkle.leaf_hash(leaf.encode("utf-8"))),
+                "entry": json.loads(leaf),
+            }
+            for index, leaf in rows
+        ]
+    }
+
+
+def inclusion_answer(store: Store, index: int, size: int) -> dict[str, Any]:
+    """`/v1/log/proof/inclusion`: the audit path of leaf `index` in the tree of `size`."""
+    with store.read() as conn:
+        current = _size(conn)
+        if size > current:
+            raise RejectedError("size", f"larger than the tree ({current} entries)")
+        if index >= size:
+            raise RejectedError("index", f"outside the tree of size {size}")
+        leaf_hash, hashes = log.inclusion(conn, index, size)
+    return {
+        "index": index,
+        "size": size,
+        "leaf_hash": b64(leaf_hash),
+        "hashes": [b64(h) for h in hashes],
+    }
+
+
+def consistency_answer(store: Store, first: int, second: int) -> dict[str, Any]:
+    """`/v1/log/proof/consistency`: the proof that the tree of `second` extends `first`."""
+    with store.read() as conn:
+        current = _size(conn)
+        if second > current:
+            raise RejectedError("to", f"larger than the tree ({current} entries)")
+        if first > second:
+            raise RejectedError("from", f"larger than to ({second})")
+        hashes = log.consistency(conn, first, second)
+    return {"from": first, "to": second, "hashes": [b64(h) for h in hashes]}
+
+
 def log_routes(get: Callable[[], Ledger], reader: Callable[[Request], Principal]) -> APIRouter:
     router = APIRouter(prefix="/v1/log")
 
@@ -55,8 +113,7 @@ def log_routes(get: Callable[[], Ledger], reader: Callable[[Request], Principal]
     def checkpoint(request: Request) -> Response:
         """The newest signed checkpoint (C2SP tlog-checkpoint as a signed note)."""
         reader(request)
-        with get().store.read() as conn:
-            return Response(log.tree(conn).note, media_type=_TEXT)
+        return Response(checkpoint_text(get().store), media_type=_TEXT)
 
     @router.get("/key")
     def key(request: Request) -> Response:
@@ -72,64 +129,19 @@ def log_routes(get: Callable[[], Ledger], reader: Callable[[Request], Principal]
             get().refuse(exc)
             raise exc
         start, end = _int(request, "start"), _int(request, "end")
-        with get().store.read() as conn:
-            size = _size(conn)
-            if start >= size:
-                raise RejectedError("start", f"must be below the tree size {size}")
-            if end <= start:
-                raise RejectedError("end", "must be above start (end is exclusive)")
-            rows = log.entries(conn, start, min(end, size, start + log.MAX_ENTRIES_PER_READ))
-        return json_response(
-            {
-                "entries": [
-                    {
-                        "index": index,
-                        "leaf": b64(leaf.encode("utf-8")),
-                        "leaf_hash": b64(merkle.leaf_hash(leaf.encode("utf-8"))),
-                        "entry": json.loads(leaf),
-                    }
-                    for index, leaf in rows
-                ]
-            }
-        )
+        return json_response(entries_answer(get().store, start, end))
 
     @router.get("/proof/inclusion")
     async def inclusion(request: Request) -> Response:
         reader(request)
         index, size = _int(request, "index"), _int(request, "size")
-
-        def prove() -> dict[str, Any]:
-            with get().store.read() as conn:
-                current = _size(conn)
-                if size > current:
-                    raise RejectedError("size", f"larger than the tree ({current} entries)")
-                if index >= size:
-                    raise RejectedError("index", f"outside the tree of size {size}")
-                leaf_hash, hashes = log.inclusion(conn, index, size)
-            return {
-                "index": index,
-                "size": size,
-                "leaf_hash": b64(leaf_hash),
-                "hashes": [b64(h) for h in hashes],
-            }
-
-        return json_response(await run_in_threadpool(prove))
+        return json_response(await run_in_threadpool(inclusion_answer, get().store, index, size))
 
     @router.get("/proof/consistency")
     async def consistency(request: Request) -> Response:
         reader(request)
         first, second = _int(request, "from"), _int(request, "to")
-
-        def prove() -> dict[str, Any]:
-            with get().store.read() as conn:
-                current = _size(conn)
-                if second > current:
-                    raise RejectedError("to", f"larger than the tree ({current} entries)")
-                if first > second:
-                    raise RejectedError("from", f"larger than to ({second})")
-                hashes = log.consistency(conn, first, second)
-            return {"from": first, "to": second, "hashes": [b64(h) for h in hashes]}
-
-        return json_response(await run_in_threadpool(prove))
+        answer = await run_in_threadpool(consistency_answer, get().store, first, second)
+        return json_response(answer)
 
     return router

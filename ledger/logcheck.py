@@ -4,7 +4,8 @@ Level 0 is recomputed from the entries' leaf bytes, every higher level from the 
 (streamed in index order, so memory stays O(batch) at any size), and the root of the stored
 tree must equal the signed checkpoint's; every kept checkpoint must verify and match the tree
 at its size. The first problem is a LogBrokenError naming the entry, tree node or checkpoint:
-an altered, deleted, inserted or reordered entry, an altered node, a forged signature.
+an altered, deleted, inserted or reordered entry, an altered node, a forged signature. The
+rows are read through `log`, which owns the log's tables; this module only checks them.
 """
 
 from __future__ import annotations
@@ -13,13 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
-
 from gpucap.ledger import log, merkle, note
 from gpucap.ledger.errors import LogBrokenError, VerificationError
 from gpucap.ledger.store import Store
-from gpucap.ledger.tables import table
 
 _BATCH = 10000
 
@@ -32,49 +29,21 @@ class Verified:
     pending: int
 
 
-def _stream(conn: Connection, query: Any, column: Any) -> Iterator[Any]:
-    """Rows of `query` in `column` order, fetched in keyset pages."""
-    after = -1
-    while True:
-        rows = conn.execute(query.where(column > after).order_by(column).limit(_BATCH)).all()
-        yield from rows
-        if len(rows) < _BATCH:
-            return
-        after = rows[-1][0]
-
-
 def verify_stored(store: Store, verifier: note.Verifier) -> Verified:
-    entry_t, node_t, cp_t = table("log_entry"), table("tree_node"), table("checkpoint")
     with store.snapshot() as conn:
         current = log.tree(conn)
         signed = _open(current.note, verifier, "checkpoint (latest)")
         if (signed.size, signed.root) != (current.size, current.root):
             raise LogBrokenError("log_state", "the tree size or root differs from its checkpoint")
         size = signed.size
-        leaves = _stream(
-            conn,
-            sa.select(entry_t.c.idx, entry_t.c.leaf).where(entry_t.c.idx.is_not(None)),
-            entry_t.c.idx,
-        )
-        level0 = _stream(
-            conn, sa.select(node_t.c.idx, node_t.c.hash).where(node_t.c.level == 0), node_t.c.idx
-        )
+        leaves = log.integrated_leaves(conn, _BATCH)
+        level0 = log.level_nodes(conn, 0, _BATCH)
         _check_level0(leaves, level0, size)
         for level in range(1, size.bit_length()):
-            below = _stream(
-                conn,
-                sa.select(node_t.c.idx, node_t.c.hash).where(node_t.c.level == level - 1),
-                node_t.c.idx,
-            )
-            here = _stream(
-                conn,
-                sa.select(node_t.c.idx, node_t.c.hash).where(node_t.c.level == level),
-                node_t.c.idx,
-            )
+            below = log.level_nodes(conn, level - 1, _BATCH)
+            here = log.level_nodes(conn, level, _BATCH)
             _check_level(level, below, here, size >> level)
-        stored: dict[int, int] = dict(
-            conn.execute(sa.select(node_t.c.level, sa.func.count()).group_by(node_t.c.level)).all()
-        )
+        stored = log.nodes_per_level(conn)
         for level in sorted(set(stored) | set(range(size.bit_length()))):
             want = size >> level
             if stored.get(level, 0) != want:
@@ -89,7 +58,7 @@ def verify_stored(store: Store, verifier: note.Verifier) -> Verified:
                 f"entries[0:{size}]", "the recomputed root differs from the signed checkpoint's"
             )
         kept = 0
-        for cp in conn.execute(sa.select(cp_t).order_by(cp_t.c.size)):
+        for cp in log.kept_checkpoints(conn):
             checkpoint = _open(cp.note, verifier, f"checkpoint[{cp.size}]")
             if checkpoint.size != cp.size or checkpoint.root != bytes(cp.root):
                 raise LogBrokenError(f"checkpoint[{cp.size}]", "row differs from its signed note")
@@ -98,11 +67,7 @@ def verify_stored(store: Store, verifier: note.Verifier) -> Verified:
                     f"checkpoint[{cp.size}]", "the tree at this size differs from the checkpoint"
                 )
             kept += 1
-        pending = int(
-            conn.execute(
-                sa.select(sa.func.count()).select_from(entry_t).where(entry_t.c.idx.is_(None))
-            ).scalar_one()
-        )
+        pending = log.pending_count(conn)
     return Verified(size, root, kept, pending)
 
 

@@ -4,7 +4,8 @@
 (integrated ones by index, then pending ones by arrival) in one transaction. Heartbeats are not
 in the log, so a node's liveness (`last_seq`, `last_seen`) is kept where the live row is ahead
 of the replay. `compare` replays the log into a scratch database and names the first projection
-row that differs from it (`gpucap ledger verify --projections`).
+row that differs from it (`gpucap ledger verify --projections`). Every row is read and written
+through `db` and `log`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 from pydantic import ValidationError
 from sqlalchemy.engine import Connection
 
@@ -24,7 +24,6 @@ from gpucap.ledger.errors import LedgerError, LogBrokenError
 from gpucap.ledger.models import Report, loc_path
 from gpucap.ledger.settings import Settings
 from gpucap.ledger.store import Store
-from gpucap.ledger.tables import table
 
 # The projection tables an auditor's replay must reproduce, with their key columns, and the
 # columns that are liveness rather than history (the live value may only be ahead).
@@ -127,13 +126,9 @@ def compare(store: Store, catalogue: Catalogue) -> int:
 def _rows(
     conn: Connection, name: str, keys: tuple[str, ...]
 ) -> dict[tuple[Any, ...], dict[str, Any]]:
-    t = table(name)
-    query = sa.select(t)
-    if name == "inventory_line":
-        query = query.where(t.c.count > 0)
     out = {}
-    for r in conn.execute(query):
-        row = {k: v for k, v in r._mapping.items() if k not in _IGNORED}
+    for r in db.projection_rows(conn, name):
+        row = {k: v for k, v in r.items() if k not in _IGNORED}
         out[tuple(row[k] for k in keys)] = row
     return out
 

@@ -126,6 +126,11 @@ class Ledger:
         self._registry = (row.digest, fleet)
         return fleet
 
+    def ready(self) -> None:
+        """UnavailableError unless the database answers and holds a registry."""
+        with self.store.read() as conn:
+            self.registry(conn)
+
     def pack(self, ruleset_id: str) -> RulePack:
         if ruleset_id not in self._packs:
             self._packs[ruleset_id] = load_ruleset(ruleset_id)

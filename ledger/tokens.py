@@ -8,6 +8,7 @@ revoked ids and re-read them when `ledger_state.auth_version` changes (checked a
 `revocation_ttl_s`). Kinds: `node` (writes its own reports), `operator` (reads; with an entity,
 only that entity's scopes), `auditor` (reads the whole log and every answer, writes nothing).
 Every issue and revocation is a log entry (id, kind, subject, scope, by whom; never the token).
+The `token` rows are read and written by `db`, the key's `ledger_state` row by `store`.
 """
 
 from __future__ import annotations
@@ -22,13 +23,10 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
-import sqlalchemy as sa
-
-from gpucap.ledger import log
+from gpucap.ledger import db, log
 from gpucap.ledger.errors import AuthError, RejectedError
 from gpucap.ledger.settings import iso_instant
 from gpucap.ledger.store import Store, bump_auth
-from gpucap.ledger.tables import table
 
 PREFIX = "gpc1"
 KINDS = ("node", "operator", "auditor")
@@ -135,19 +133,18 @@ def issue(
     token = sign(principal, signing_key(store, secret))
     recorded_at = iso_instant(now)
     with store.write() as conn:
-        conn.execute(
-            sa.insert(table("token")).values(
-                id=principal.token_id,
-                kind=principal.kind,
-                node_id=principal.node_id,
-                site_id=principal.site_id,
-                operator=principal.operator or principal.auditor,
-                entity=principal.entity,
-                token_sha256=hashlib.sha256(token.encode()).hexdigest(),
-                created_at=recorded_at,
-                revoked_at=None,
-            )
+        row = db.TokenRow(
+            id=principal.token_id,
+            kind=principal.kind,
+            node_id=principal.node_id,
+            site_id=principal.site_id,
+            operator=principal.operator or principal.auditor,
+            entity=principal.entity,
+            token_sha256=hashlib.sha256(token.encode()).hexdigest(),
+            created_at=recorded_at,
+            revoked_at=None,
         )
+        db.insert_token(conn, row)
         log.append(conn, "token_issued", f"operator:{by}", _entry(principal), recorded_at)
     return principal.token_id, token
 
@@ -164,20 +161,12 @@ def _entry(principal: Principal) -> dict[str, object]:
 
 def revoke(store: Store, token_id: str, now: datetime, by: str = "cli") -> None:
     """Revoke a token by id; every process stops accepting it within its revocation TTL."""
-    token_t = table("token")
     recorded_at = iso_instant(now)
     with store.write() as conn:
-        row = conn.execute(
-            sa.select(token_t).where(token_t.c.id == token_id, token_t.c.revoked_at.is_(None))
-        ).first()
+        row = db.unrevoked_token(conn, token_id)
         if row is None:
             raise RejectedError("--revoke", f"no unrevoked token with id {token_id!r}")
-        revoked = conn.execute(
-            sa.update(token_t)
-            .where(token_t.c.id == token_id, token_t.c.revoked_at.is_(None))
-            .values(revoked_at=recorded_at)
-        ).rowcount
-        if not revoked:  # another command revoked it since the SELECT
+        if not db.revoke_token(conn, token_id, recorded_at):  # revoked since the SELECT
             raise RejectedError("--revoke", f"no unrevoked token with id {token_id!r}")
         auditor = row.kind == "auditor"
         principal = Principal(
@@ -217,10 +206,6 @@ class Revocations:
         version = self._store.state().auth_version
         if version == self._version:
             return
-        token_t = table("token")
         with self._store.read() as conn:
-            ids = conn.execute(
-                sa.select(token_t.c.id).where(token_t.c.revoked_at.is_not(None))
-            ).scalars()
-            self._revoked = frozenset(ids)
+            self._revoked = db.revoked_token_ids(conn)
         self._version = version
