@@ -28,7 +28,8 @@ import hashlib
 import io
 import json
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -119,15 +120,23 @@ def dumps(value: Any) -> bytes:
     return (json.dumps(value, indent=1, sort_keys=True) + "\n").encode("utf-8")
 
 
-def write_zip(path: Path, files: dict[str, bytes], manifest: dict[str, Any]) -> None:
-    """The bundle, written to a temporary name and renamed: never a half-written file."""
-    manifest = {**manifest, "files": {n: hashlib.sha256(b).hexdigest() for n, b in files.items()}}
+def write_zip(path: Path, files: dict[str, bytes], manifest: dict[str, Any], entries: Path) -> None:
+    """The bundle, written to a temporary name and renamed: never a half-written file.
+    `entries` is entries.jsonl, written beforehand to a file (it is most of a bundle)."""
+    digests = {n: hashlib.sha256(b).hexdigest() for n, b in files.items()}
+    h = hashlib.sha256()
+    with entries.open("rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            h.update(chunk)
+    digests[_STREAMED] = h.hexdigest()
+    manifest = {**manifest, "files": dict(sorted(digests.items()))}
     tmp = path.with_name(path.name + ".partial")
     try:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             zf.writestr("manifest.json", dumps(manifest))
             for name in sorted(files):
                 zf.writestr(name, files[name])
+            zf.write(entries, _STREAMED)
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -151,22 +160,44 @@ def _fail(where: str, reason: str) -> VerificationError:
     return VerificationError(where, reason)
 
 
-def read_bundle(path: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
+_STREAMED = "entries.jsonl"  # read as a stream, never whole: it is most of a bundle
+
+
+@contextmanager
+def opened(path: Path) -> Iterator[tuple[dict[str, Any], dict[str, bytes], zipfile.ZipFile]]:
+    """(manifest, every other file but the entries, the open zip) of a bundle."""
     try:
-        with zipfile.ZipFile(path) as zf:
-            files = {i.filename: zf.read(i) for i in zf.infolist() if not i.is_dir()}
+        zf = zipfile.ZipFile(path)
     except (OSError, zipfile.BadZipFile) as exc:
         raise NotABundleError(str(path), f"not a zip file: {exc}") from None
-    raw = files.pop("manifest.json", None)
-    if raw is None:
-        raise NotABundleError(str(path), "no manifest.json: not an evidence bundle")
-    try:
-        manifest = json.loads(raw)
-    except ValueError as exc:
-        raise NotABundleError("manifest.json", f"not JSON: {exc}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise NotABundleError("manifest.json", f"not a {FORMAT} manifest")
-    return manifest, files
+    with zf:
+        try:
+            names = [i.filename for i in zf.infolist() if not i.is_dir()]
+            files = {n: zf.read(n) for n in names if n != _STREAMED}
+        except (OSError, zipfile.BadZipFile, ValueError) as exc:
+            raise NotABundleError(str(path), f"not a readable zip file: {exc}") from None
+        raw = files.pop("manifest.json", None)
+        if raw is None:
+            raise NotABundleError(str(path), "no manifest.json: not an evidence bundle")
+        try:
+            manifest = json.loads(raw)
+        except ValueError as exc:
+            raise NotABundleError("manifest.json", f"not JSON: {exc}") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise NotABundleError("manifest.json", f"not a {FORMAT} manifest")
+        if _STREAMED in names:
+            files[_STREAMED] = b""  # a placeholder: its digest is taken from the stream
+        yield manifest, files, zf
+
+
+def _digest(zf: zipfile.ZipFile, name: str, files: dict[str, bytes]) -> str:
+    if name != _STREAMED:
+        return hashlib.sha256(files[name]).hexdigest()
+    h = hashlib.sha256()
+    with zf.open(name) as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _json(files: dict[str, bytes], name: str) -> Any:
@@ -188,30 +219,33 @@ def _b64(text: Any, where: str) -> bytes:
 def verify(path: Path, key: note.Verifier) -> Outcome:
     """Check a bundle; VerificationError names the first difference (a file, an entry, a
     check), NotABundleError a file that is not one."""
-    manifest, files = read_bundle(path)
-    digests = manifest.get("files")
-    if not isinstance(digests, dict):
-        raise _fail("manifest.json", "has no files table")
-    for name in sorted(set(files) | set(digests)):
-        if name not in digests:
-            raise _fail(name, "in the bundle but not in the manifest")
-        if name not in files:
-            raise _fail(name, "in the manifest but missing from the bundle")
-        if hashlib.sha256(files[name]).hexdigest() != digests[name]:
-            raise _fail(name, "its SHA-256 differs from the manifest's")
-    same_gpucap = manifest.get("gpucap_version") == gpucap.__version__
-    try:
-        checkpoint = note.open_checkpoint(files.get("checkpoint.txt", b""), key)
-        entries = _entries(files, checkpoint)
-        packs, notes = _packs(files, manifest)
-        catalogue = _catalogue(files, same_gpucap)
-        outcome = _replay(manifest, files, entries, packs, catalogue)
-    except VerificationError:
-        raise
-    except GpucapError as exc:  # a file that does not parse, an entry that does not fold
-        raise _fail(exc.path, exc.reason) from None
-    except (KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
-        raise _fail("bundle", f"malformed: {exc!r}") from None
+    with opened(path) as (manifest, files, zf):
+        digests = manifest.get("files")
+        if not isinstance(digests, dict):
+            raise _fail("manifest.json", "has no files table")
+        for name in sorted(set(files) | set(digests)):
+            if name not in digests:
+                raise _fail(name, "in the bundle but not in the manifest")
+            if name not in files:
+                raise _fail(name, "in the manifest but missing from the bundle")
+            if _digest(zf, name, files) != digests[name]:
+                raise _fail(name, "its SHA-256 differs from the manifest's")
+        same_gpucap = manifest.get("gpucap_version") == gpucap.__version__
+        try:
+            checkpoint = note.open_checkpoint(files.get("checkpoint.txt", b""), key)
+            packs, notes = _packs(files, manifest)
+            catalogue = _catalogue(files, same_gpucap)
+            with zf.open(_STREAMED) as stream:
+                lines = io.TextIOWrapper(stream, encoding="utf-8")
+                outcome = _replay(manifest, files, _entries(lines, checkpoint), packs, catalogue)
+        except VerificationError:
+            raise
+        except GpucapError as exc:  # a file that does not parse, an entry that does not fold
+            raise _fail(exc.path, exc.reason) from None
+        except KeyError as exc:
+            raise _fail(str(exc.args[0]) if exc.args else "bundle", "missing") from None
+        except (TypeError, ValueError, UnicodeDecodeError) as exc:
+            raise _fail("bundle", f"malformed: {exc!r}") from None
     outcome.notes[:0] = notes
     return outcome
 
@@ -219,7 +253,7 @@ def verify(path: Path, key: note.Verifier) -> Outcome:
 def _replay(
     manifest: dict[str, Any],
     files: dict[str, bytes],
-    entries: list[tuple[int, str]],
+    entries: Iterator[tuple[int, str]],
     packs: dict[str, RulePack],
     catalogue: Catalogue,
 ) -> Outcome:
@@ -231,7 +265,10 @@ def _replay(
         record.registry = RegistryState(
             registry["doc"], registry["origin"], "", int(manifest["registry_log_index"]), ""
         )
-    record.apply_all(entries, gaps=True)
+    folded = 0
+    for at, leaf in entries:
+        record.apply(at, leaf, gaps=True)
+        folded += 1
     state = record.registry
     if state is None:
         raise _fail("entries.jsonl", "holds no registry entry")
@@ -272,7 +309,7 @@ def _replay(
             f"registry.json is the registry reduced to entity {entity}: its signed entry is "
             "represented by its leaf hash and inclusion proof, not its text"
         )
-    return Outcome(len(entries), explained, len(rows), sorted(skipped), notes)
+    return Outcome(folded, explained, len(rows), sorted(skipped), notes)
 
 
 def _compare(where: str, have: Any, want: Any, path: str = "") -> None:
@@ -328,13 +365,11 @@ def _compare_csv(have: bytes, want: bytes) -> None:
         raise _fail("devices.csv", f"{len(a) - 1} rows, the replay makes {len(b) - 1}")
 
 
-def _entries(files: dict[str, bytes], checkpoint: note.Checkpoint) -> list[tuple[int, str]]:
-    """Every bundled entry, checked for inclusion in the checkpoint's tree, in index order."""
-    out: list[tuple[int, str]] = []
-    text = files.get("entries.jsonl")
-    if text is None:
-        raise _fail("entries.jsonl", "missing from the bundle")
-    for n, line in enumerate(text.decode("utf-8").splitlines()):
+def _entries(lines: Iterable[str], checkpoint: note.Checkpoint) -> Iterator[tuple[int, str]]:
+    """Every bundled entry with its text, checked for inclusion in the checkpoint's tree, in
+    index order (entries bundled as a hash only are checked and not yielded)."""
+    last = -1
+    for n, line in enumerate(lines):
         where = f"entries.jsonl line {n + 1}"
         try:
             item = json.loads(line)
@@ -347,8 +382,9 @@ def _entries(files: dict[str, bytes], checkpoint: note.Checkpoint) -> list[tuple
             if isinstance(leaf, str)
             else _b64(item.get("leaf_hash"), where)
         )
-        if out and index <= out[-1][0]:
+        if index <= last:
             raise _fail(where, "entries are not in increasing index order")
+        last = index
         if not 0 <= index < checkpoint.size:
             raise _fail(f"entry[{index}]", f"not in the checkpoint's tree of {checkpoint.size}")
         try:
@@ -356,8 +392,7 @@ def _entries(files: dict[str, bytes], checkpoint: note.Checkpoint) -> list[tuple
         except VerificationError as exc:
             raise _fail(f"entry[{index}]", f"inclusion proof: {exc}") from None
         if isinstance(leaf, str):
-            out.append((index, leaf))
-    return out
+            yield index, leaf
 
 
 def _packs(
@@ -459,47 +494,82 @@ def export(
         registry_doc = state.doc if entity is None else redacted_registry(state.doc, entity)
         files["registry.json"] = dumps({"origin": state.origin, "doc": registry_doc})
         registry_index = state.log_index
-    with led.store.snapshot() as conn:
-        tree = log.tree(conn)
-        items = {}
-        for start in range(0, size, 5000):
-            for idx, leaf in log.entries(conn, start, min(size, start + 5000)):
-                item = _bundled(idx, leaf, entity, own_nodes, registry_index)
-                if item is not None:
-                    items[idx] = item
-        lines = []
-        for idx, leaf_hash, proof in log.inclusions(conn, list(items), tree.size):
-            item = items[idx]
-            item["proof"] = [base64.b64encode(h).decode() for h in proof]
-            if "leaf" not in item:
-                item["leaf_hash"] = base64.b64encode(leaf_hash).decode()
-            lines.append(json.dumps(item, sort_keys=True))
-    files["entries.jsonl"] = ("\n".join(lines) + "\n" if lines else "").encode("utf-8")
-    files["checkpoint.txt"] = tree.note.encode("utf-8")
-    files["verifier-key.txt"] = (led.signer.verifier_key + "\n").encode("utf-8")
-    files[f"rulesets/{pack.id}.yaml"] = ruleset_path(pack.id).read_bytes()
-    catalogue, thresholds = catalogue_paths()
-    files["catalogue.yaml"] = catalogue.read_bytes()
-    files["eccn-3a090.yaml"] = thresholds.read_bytes()
-    manifest = {
+    entries = path.with_name(path.name + ".entries")
+    try:
+        with led.store.snapshot() as conn:
+            tree = log.tree(conn)
+            _write_entries(conn, entries, size, tree.size, entity, own_nodes, registry_index)
+        files["checkpoint.txt"] = tree.note.encode("utf-8")
+        files["verifier-key.txt"] = (led.signer.verifier_key + "\n").encode("utf-8")
+        files[f"rulesets/{pack.id}.yaml"] = ruleset_path(pack.id).read_bytes()
+        catalogue, thresholds = catalogue_paths()
+        files["catalogue.yaml"] = catalogue.read_bytes()
+        files["eccn-3a090.yaml"] = thresholds.read_bytes()
+        manifest = _manifest(scope, requested, entity, as_of, view.basis.known_at, size)
+        manifest.update(
+            checkpoint_size=tree.size,
+            registry_log_index=registry_index,
+            sites=site_ids,
+            rulesets=[pack.id],
+            exported_by=by,
+            exported_at=headroom["provenance"]["generated_at"],
+            not_reproducible=not_reproducible,
+        )
+        write_zip(path, files, manifest, entries)
+    finally:
+        entries.unlink(missing_ok=True)
+    return manifest
+
+
+def _manifest(
+    scope: str | None,
+    requested: tuple[str, str] | None,
+    entity: str | None,
+    as_of: date,
+    known_at: str,
+    size: int,
+) -> dict[str, Any]:
+    return {
         "format": FORMAT,
         "scope": scope,
         "requested": None if requested is None else list(requested),
         "entity": entity,
         "as_of": as_of.isoformat(),
-        "known_at": view.basis.known_at,
+        "known_at": known_at,
         "log_size": size,
-        "checkpoint_size": tree.size,
-        "registry_log_index": registry_index,
-        "sites": site_ids,
-        "rulesets": [pack.id],
-        "exported_by": by,
-        "exported_at": headroom["provenance"]["generated_at"],
         "gpucap_version": gpucap.__version__,
-        "not_reproducible": not_reproducible,
     }
-    write_zip(path, files, manifest)
-    return manifest
+
+
+def _write_entries(
+    conn: Any,
+    out: Path,
+    size: int,
+    tree_size: int,
+    entity: str | None,
+    own_nodes: set[str],
+    registry_index: int,
+) -> None:
+    """entries.jsonl: the bundled entries of the first `size`, each with its inclusion proof
+    to the tree of `tree_size`, read a page at a time (twice: which, then with proofs)."""
+    page = 5000
+
+    def bundled() -> Iterator[dict[str, Any]]:
+        for start in range(0, size, page):
+            for idx, leaf in log.entries(conn, start, min(size, start + page)):
+                item = _bundled(idx, leaf, entity, own_nodes, registry_index)
+                if item is not None:
+                    yield item
+
+    chosen = [item["index"] for item in bundled()]
+    proofs = log.inclusions(conn, chosen, tree_size)
+    with out.open("w", encoding="utf-8") as stream:
+        for item, (idx, leaf_hash, proof) in zip(bundled(), proofs, strict=True):
+            assert item["index"] == idx
+            item["proof"] = [base64.b64encode(h).decode() for h in proof]
+            if "leaf" not in item:
+                item["leaf_hash"] = base64.b64encode(leaf_hash).decode()
+            stream.write(json.dumps(item, sort_keys=True) + "\n")
 
 
 def _bundled(

@@ -310,3 +310,13 @@ def test_bad_event_queries_name_the_parameter(params: dict[str, str], field: str
     with pytest.raises(RejectedError) as info:
         events.parse_query(params)
     assert info.value.path == field
+
+
+def test_a_refused_export_leaves_no_file(ledger: Ledger, tmp_path: Path) -> None:
+    from gpucap.ledger.errors import RejectedError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(RejectedError):
+        bundle.export(ledger, out / "e.zip", AUDITOR, "country:ZZ", AS_OF)
+    assert list(out.iterdir()) == []
