@@ -241,7 +241,10 @@ def bench_http(seconds: float, n_threads: int, nodes_per_thread: int = 16) -> No
             _wait_ready(base, proc)
             with httpx.Client(base_url=base) as client:  # first reports (new devices): warm-up
                 for n in nodes:
-                    headers = {"authorization": f"Bearer {bearer[n]}"}
+                    headers = {
+                        "authorization": f"Bearer {bearer[n]}",
+                        "content-type": "application/json",
+                    }
                     client.post("/v1/reports", content=_report(n, 1), headers=headers)
             lat: list[list[float]] = [[] for _ in range(n_threads)]
             failures: list[int] = [0] * n_threads
@@ -255,7 +258,10 @@ def bench_http(seconds: float, n_threads: int, nodes_per_thread: int = 16) -> No
                         seq += 1
                         for n in mine:
                             body = _report(n, seq)
-                            headers = {"authorization": f"Bearer {bearer[n]}"}
+                            headers = {
+                                "authorization": f"Bearer {bearer[n]}",
+                                "content-type": "application/json",
+                            }
                             t = time.perf_counter()
                             r = client.post("/v1/reports", content=body, headers=headers)
                             lat[k].append(time.perf_counter() - t)

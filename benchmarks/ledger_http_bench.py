@@ -140,7 +140,9 @@ def enrol(base: str, tokens: list[str]) -> None:
 
     def first(n: int) -> None:
         r = client.post(
-            "/v1/reports", content=wp.body(n, 1), headers={"authorization": f"Bearer {tokens[n]}"}
+            "/v1/reports",
+            content=wp.body(n, 1),
+            headers={"authorization": f"Bearer {tokens[n]}", "content-type": "application/json"},
         )
         if r.status_code != 200 or r.json().get("status") != "accepted":
             raise SystemExit(f"first report of node {n} refused: {r.status_code} {r.text}")

@@ -195,7 +195,10 @@ def latency(args: argparse.Namespace) -> None:
                     r = client.post(
                         "/v1/reports",
                         content=wp.body(node, seq, 7 if seq % 2 == 0 else 8),
-                        headers={"authorization": f"Bearer {node_tokens[node]}"},
+                        headers={
+                            "authorization": f"Bearer {node_tokens[node]}",
+                            "content-type": "application/json",
+                        },
                     )
                     acked = time.perf_counter()
                     if r.status_code != 200 or r.json().get("status") != "accepted":

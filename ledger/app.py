@@ -47,6 +47,47 @@ SNAPSHOT_INTERVAL_S = 5.0  # how often the loop asks whether the snapshot needs 
 log = logging.getLogger("gpucap.ledger")
 
 
+class BodyError(RejectedError):
+    """A request body refused before it is parsed: too large (413) or not JSON (415)."""
+
+    def __init__(self, status: int, path: str, reason: str) -> None:
+        super().__init__(path, reason)
+        self.status = status
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise RejectedError(key, "given twice in one JSON object")
+        seen[key] = value
+    return seen
+
+
+async def read_json_body(request: Request, limit: int) -> bytes:
+    """The body of a JSON request, refused before more than `limit` bytes are read (413: by
+    its Content-Length, or as it streams), when it is not `application/json` (415), or when an
+    object names a key twice (422 naming the key; JSON parsers would keep the last silently)."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        raise BodyError(
+            415, "(content-type)", f"expected application/json, got {media or 'none'!r}"
+        )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyError(413, "(body)", f"larger than {limit} bytes ({declared} declared)")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyError(413, "(body)", f"larger than {limit} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    with contextlib.suppress(ValueError):  # not JSON at all: the model's parser says why
+        json.loads(body, object_pairs_hook=_no_duplicate_keys)
+    return body
+
+
 def _validation_detail(exc: ValidationError) -> list[dict[str, str]]:
     return [{"path": loc_path(e["loc"]), "reason": e["msg"]} for e in exc.errors()[:20]]
 
@@ -103,6 +144,10 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> FastAPI:
     async def _input(_r: Request, exc: InputError) -> JSONResponse:
         return JSONResponse({"detail": [{"path": exc.path, "reason": exc.reason}]}, 422)
 
+    @app.exception_handler(BodyError)
+    async def _body(_r: Request, exc: BodyError) -> JSONResponse:
+        return JSONResponse({"detail": [{"path": exc.path, "reason": exc.reason}]}, exc.status)
+
     @app.exception_handler(UnavailableError)
     async def _unavailable(_r: Request, exc: UnavailableError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, 503)
@@ -116,17 +161,15 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> FastAPI:
         """Store one `gpucap.report/v1` (node token); duplicates and older seqs change nothing."""
         led = get()
         principal = led.authenticate(request.headers.get("authorization"), "node")
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > settings.max_body_bytes:
-                led.count_report("rejected")
-                raise RejectedError("(body)", f"larger than {settings.max_body_bytes} bytes")
         try:
+            body = await read_json_body(request, settings.max_body_bytes)
             report = Report.model_validate_json(body)
         except ValidationError as exc:
             led.count_report("rejected")
             return JSONResponse({"detail": _validation_detail(exc)}, 422)
+        except InputError:
+            led.count_report("rejected")
+            raise
         if report.node_id != principal.node_id or report.site_id != principal.site_id:
             exc2 = AuthError(
                 403,
@@ -160,8 +203,9 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> FastAPI:
         """Evaluate hypothetical additions/removals; writes nothing."""
         led = get()
         principal = operator(request)
+        body = await read_json_body(request, settings.max_body_bytes)
         try:
-            req = WhatIf.model_validate_json(await request.body())
+            req = WhatIf.model_validate_json(body)
         except ValidationError as exc:
             raise RejectedError(loc_path(exc.errors()[0]["loc"]), exc.errors()[0]["msg"]) from None
         req.check_consistent()

@@ -10,6 +10,7 @@ anything is written.
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
 from typing import Annotated, Literal
 
@@ -23,6 +24,7 @@ from pydantic import (
 )
 
 from gpucap.core.data import parse_day
+from gpucap.core.text import refuse_control
 from gpucap.ledger.errors import RejectedError
 
 MAX_DEVICES = 1024
@@ -32,32 +34,51 @@ LEDGER_BOUNDS = {
     "devices[].tpp, devices[].h100e": "finite",
     "collected_at": "a real date and time",
 }
+# What the ledger normalises (the form it stores and logs): lowercase PCI ids, `collected_at`
+# in the `Z` form.
 
-Ident = Annotated[str, StringConstraints(min_length=1, max_length=256)]
-Short = Annotated[str, StringConstraints(max_length=128)]
-Text = Annotated[str, StringConstraints(max_length=256)]
-PciId = Annotated[str, StringConstraints(pattern=r"^0x[0-9a-f]{4}$")]
-PciSubsystemId = Annotated[str, StringConstraints(pattern=r"^0x[0-9a-f]{8}$")]
+# Every string refuses C0 control characters (PostgreSQL cannot store NUL; SQLite would): both
+# databases then accept and refuse the same reports.
+NoControl = AfterValidator(refuse_control)
+Ident = Annotated[str, StringConstraints(min_length=1, max_length=256), NoControl]
+Short = Annotated[str, StringConstraints(max_length=128), NoControl]
+Text = Annotated[str, StringConstraints(max_length=256), NoControl]
+PciId = Annotated[
+    str, StringConstraints(pattern=r"^0[xX][0-9a-fA-F]{4}$"), AfterValidator(str.lower)
+]
+PciSubsystemId = Annotated[
+    str, StringConstraints(pattern=r"^0[xX][0-9a-fA-F]{8}$"), AfterValidator(str.lower)
+]
 Tpp = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 DeviceState = Literal["ok", "lost", "unsupported", "error", "missing"]
 
+# RFC 3339 date-time (section 5.6: `T` or `t`, `Z` or `z`, any number of fraction digits; gpucap
+# takes up to nine), which the ledger keeps only in UTC: `Z`, `+00:00` or `-00:00`.
+_RFC3339 = re.compile(
+    r"(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})"
+)
 
-def _real_instant(value: str) -> str:
-    """`collected_at` must name a real instant (the schema's pattern alone allows month 13)."""
+
+def utc_instant(value: str) -> str:
+    """An RFC 3339 UTC instant, normalised to `YYYY-MM-DDTHH:MM:SS[.fraction]Z`; ValueError
+    with a sentence for anything else (another offset, no offset, an impossible date)."""
+    match = _RFC3339.fullmatch(value)
+    if match is None:
+        raise ValueError(
+            f"{value!r} is not an RFC 3339 date and time in UTC, such as 2026-12-01T06:20:00Z "
+            "(up to nine fraction digits; Z or +00:00)"
+        )
+    day, clock, fraction, offset = match.groups()
+    if offset not in ("Z", "z", "+00:00", "-00:00"):
+        raise ValueError(f"{value!r} is not in UTC: give the instant in UTC, with Z or +00:00")
     try:
-        datetime.fromisoformat(value[:-1])
+        datetime.fromisoformat(f"{day}T{clock}")
     except ValueError:
         raise ValueError(f"not a real date and time: {value!r}") from None
-    return value
+    return f"{day}T{clock}{fraction or ''}Z"
 
 
-UtcInstant = Annotated[
-    str,
-    StringConstraints(
-        pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z$"
-    ),
-    AfterValidator(_real_instant),
-]
+UtcInstant = Annotated[str, AfterValidator(utc_instant)]
 
 
 def loc_path(loc: tuple[int | str, ...]) -> str:
@@ -78,7 +99,7 @@ class _Strict(BaseModel):
 class ReportedDevice(_Strict):
     """One accelerator as the agent saw it; the ledger re-derives `tpp` and class itself."""
 
-    uuid: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    uuid: Annotated[str, StringConstraints(min_length=1, max_length=128), NoControl]
     pci_device_id: PciId | None
     pci_subsystem_id: PciSubsystemId | None
     name: Text | None
@@ -100,7 +121,7 @@ class Report(_Strict):
     site_id: Ident
     seq: Annotated[int, Field(ge=1, le=INT64_MAX)]
     collected_at: UtcInstant
-    agent_version: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    agent_version: Annotated[str, StringConstraints(min_length=1, max_length=128), NoControl]
     driver_version: Short | None
     devices: Annotated[list[ReportedDevice], Field(max_length=MAX_DEVICES)]
 
@@ -128,7 +149,9 @@ class WhatIf(_Strict):
     add: Annotated[list[Placement], Field(max_length=1000)] = []
     remove: Annotated[list[Placement], Field(max_length=1000)] = []
     as_of: Annotated[date, BeforeValidator(parse_day)] | None = None
-    known_at: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    known_at: Annotated[str, StringConstraints(min_length=1, max_length=64), NoControl] | None = (
+        None
+    )
 
     def check_consistent(self) -> None:
         for name, items in (("add", self.add), ("remove", self.remove)):

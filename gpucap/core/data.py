@@ -18,6 +18,7 @@ import yaml
 
 from gpucap.core import yamlload
 from gpucap.core.errors import DataError, InputError
+from gpucap.core.text import first_control
 
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -50,12 +51,16 @@ def read_yaml(path: Path, *, error: type[DataError] | type[InputError] = DataErr
     except UnicodeDecodeError as exc:
         raise error(str(path), f"not UTF-8 text (byte {exc.start})") from exc
     try:
-        return load_yaml_text(text)
+        doc = load_yaml_text(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "malformed YAML"
         raise error(str(path), f"not valid YAML{where}: {problem}") from exc
+    found = first_control(doc)  # YAML's escapes ("\0") can spell what its text cannot hold
+    if found is not None:
+        raise error(f"{path.name}: {found[0]}", found[1])
+    return doc
 
 
 def shipped(*parts: str) -> Path:

@@ -53,6 +53,8 @@ CASES = [
     ("inventory.0.removed", "2025-05-01", "inventory[0].removed: must be after installed"),
     ("countries", {"ZZ": {"gov_agreement": True}}, "countries.ZZ: not an ISO 3166-1"),
     ("sites.0.colour", "red", "sites[0].colour: unknown field"),
+    ("entities.0.id", "ac\x00me", "entities[0].id: contains a control character U+0000 at"),
+    ("sites.0.id", "s\x1b[2J", "sites[0].id: contains a control character U+001B at position 1"),
 ]
 
 
@@ -170,3 +172,17 @@ def test_a_file_that_is_not_utf8(tmp_path: Path, capsys: pytest.CaptureFixture[s
     scenario.write_bytes(b"ruleset: \xff\xfe\n")
     assert main(["evaluate", str(scenario)]) == 2
     assert "s.yaml: not UTF-8 text (byte 9)" in capsys.readouterr().err
+
+
+def test_tab_and_newline_stay_allowed_in_free_text() -> None:
+    from gpucap.core.text import first_control
+
+    assert first_control({"note": "line one\n\tline two"}) is None
+    assert first_control({"a": [{"b": "x\ry"}]}) == (
+        "a[0].b",
+        "contains a control character U+000D at position 1",
+    )
+    assert first_control({"bad\x00key": 1}) == (
+        "bad\x00key",
+        "the key contains a control character U+0000 at position 3",
+    )

@@ -42,6 +42,7 @@ class Ledger:
     def post(self, body: Any, token: str | None, **kw: Any) -> httpx.Response:
         headers = {} if token is None else {"Authorization": f"Bearer {token}"}
         if isinstance(body, bytes):
+            headers["Content-Type"] = "application/json"
             return httpx.post(f"{self.url}/v1/reports", content=body, headers=headers, **kw)
         return httpx.post(f"{self.url}/v1/reports", json=body, headers=headers, **kw)
 
@@ -198,12 +199,25 @@ def test_malformed_reports_are_422_with_a_path_and_write_nothing(ledger: Ledger)
         (report(seq=1, devices=[device(0), device(0)]), "devices[1].uuid"),
         (many, "devices"),
         (b"{not json", "(body)"),
-        (b"x" * (5 * 1024 * 1024), "(body)"),
+        (report(seq=1, devices=[device(0, uuid="GPU-\x00-1")]), "devices[0].uuid"),
+        (report(seq=1, devices=[device(0, name="H100\x1b[31m")]), "devices[0].name"),
+        ({**report(seq=1), "agent_version": "0.1\x00"}, "agent_version"),
+        (json.dumps(report(seq=1))[:-1].encode() + b', "seq": 2}', "seq"),  # a key twice
     ]
     for body, path in cases:
         r = ledger.post(body, tok, timeout=30)
         assert r.status_code == 422, (path, r.text)
         assert r.json()["detail"][0]["path"] == path, r.text
+    too_large = ledger.post(b"x" * (5 * 1024 * 1024), tok, timeout=30)
+    assert too_large.status_code == 413, too_large.text
+    assert too_large.json()["detail"][0]["path"] == "(body)"
+    as_form = httpx.post(
+        f"{ledger.url}/v1/reports",
+        content=json.dumps(report(seq=1)),
+        headers={"Authorization": f"Bearer {tok}", "Content-Type": "text/plain"},
+    )
+    assert as_form.status_code == 415, as_form.text
+    assert "application/json" in as_form.json()["detail"][0]["reason"]
     assert ledger.events() == 1
 
 
@@ -360,3 +374,24 @@ def test_nodes_answer_the_last_accepted_seq_though_heartbeats_are_not_logged(
     refused = ledger.get("/v1/nodes", ledger.tokens["acme"], site="nimbus-ae-1")
     assert refused.status_code == 403
     assert ledger.get("/v1/nodes", ledger.tokens["n1"]).status_code == 403
+
+
+def test_whatif_bodies_are_bounded_typed_and_unambiguous(ledger: Ledger) -> None:
+    headers = {"Authorization": f"Bearer {ledger.tokens['admin']}"}
+    url = f"{ledger.url}/v1/whatif"
+    big = b'{"add": [], "pad": "' + b"x" * (5 * 1024 * 1024) + b'"}'
+    r = httpx.post(url, content=big, headers={**headers, "Content-Type": "application/json"})
+    assert r.status_code == 413, r.text
+    r = httpx.post(url, content=b'{"add": []}', headers={**headers, "Content-Type": "text/plain"})
+    assert r.status_code == 415, r.text
+    twice = b'{"as_of": "2025-09-01", "add": [], "as_of": "2025-09-02"}'
+    r = httpx.post(url, content=twice, headers={**headers, "Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"] == [{"path": "as_of", "reason": "given twice in one JSON object"}]
+    ok = {"add": [{"site": "acme-ae-1", "model": "h100-sxm5-80gb", "count": 1}]}
+    r = httpx.post(url, json=ok, headers=headers)
+    assert r.status_code == 200, r.text
+    nul = {"add": [{"site": "acme-ae-1\x00", "model": "h100-sxm5-80gb", "count": 1}]}
+    r = httpx.post(url, json=nul, headers=headers)
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["path"] == "add[0].site"

@@ -211,7 +211,7 @@ def test_serve_with_workers_accepts_reports_rereads_the_registry_and_stops(
                 r = httpx.post(
                     f"{url}/v1/reports",
                     content=json.dumps(report(node, seq=seq)),
-                    headers={"authorization": f"Bearer {tok}"},
+                    headers={"authorization": f"Bearer {tok}", "content-type": "application/json"},
                 )
                 assert r.status_code == 200, r.text
         assert _events(db_url).count("report") == 2  # seq 2 is a heartbeat: not in the log

@@ -78,17 +78,20 @@ _SAMPLES: dict[str, Any] = {  # one value of every JSON type
 # Values that break each pattern (the schema's regexes), beside the generic ones below.
 _BAD_PATTERNS: dict[str, list[str]] = {
     "collected_at": [
-        "2025-09-01T10:00:00+00:00",
         "2025-09-01T12:00:00+02:00",
+        "2025-09-01T05:00:00-05:00",
         "2025-09-01T10:00:00",
         "2025-09-01 10:00:00Z",
         "2025-09-01T10:00Z",
-        "2025-09-01T10:00:00.1234567Z",
+        "2025-09-01T10:00:00.1234567890Z",
+        "2025-09-01T10:00:00.Z",
         "2025-09-01",
     ],
-    "pci_device_id": ["0x233A", "0X2330", "2330", "0x233", "0x23300", "0xg330"],
-    "pci_subsystem_id": ["0x16C110DE", "0x16c1", "0x16c110de0", "16c110de", "0x16c110dg"],
+    "pci_device_id": ["2330", "0x233", "0x23300", "0xg330", "0x 233"],
+    "pci_subsystem_id": ["0x16c1", "0x16c110de0", "16c110de", "0x16c110dg"],
 }
+# Control characters the schema and the ledger both refuse in every other string.
+_CONTROL = ["\x00", "\x1f", "a\nb", "\t"]
 
 
 def _mutations(
@@ -109,6 +112,9 @@ def _mutations(
             out.append((f"type {kind}", path, put(sample)))
         for bad in _BAD_PATTERNS.get(name, ()):
             out.append((f"pattern {bad!r}", path, put(bad)))
+        if prop.get("pattern", "").startswith("^[^"):  # the no-control-character pattern
+            for bad in _CONTROL:
+                out.append((f"control {bad!r}", path, put(f"GPU{bad}x")))
         if "enum" in prop:
             for bad in ("OK", "weird", "", prop["enum"][0] + " "):
                 out.append((f"enum {bad!r}", path, put(bad)))
@@ -174,7 +180,7 @@ def test_every_mutation_the_schema_forbids_is_refused_by_the_ledger(
                 continue
             r = client.post("/v1/reports", json={**body, "seq": seq})
             assert r.json() == {"status": "accepted", "seq": seq}, (path, label, r.text)
-    assert refused > 150  # the generator really produced the forbidden cases
+    assert refused > 190  # the generator really produced the forbidden cases
     assert ("type null", "devices[0].pci_device_id") in [(a[0], a[1]) for a in allowed]
 
 
@@ -236,3 +242,45 @@ def test_the_agents_placeholder_uuid_for_a_lost_gpu_is_accepted() -> None:
         body["devices"][0]["uuid"] = placeholder_uuid(node, 7)
         jsonschema.validate(body, _schema())
         Report.model_validate_json(json.dumps(body))
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [
+        ("2026-12-01T06:20:00Z", "2026-12-01T06:20:00Z"),
+        ("2026-12-01T06:20:00+00:00", "2026-12-01T06:20:00Z"),
+        ("2026-12-01T06:20:00-00:00", "2026-12-01T06:20:00Z"),
+        ("2026-12-01t06:20:00z", "2026-12-01T06:20:00Z"),
+        ("2026-12-01T06:20:00.123456789+00:00", "2026-12-01T06:20:00.123456789Z"),
+    ],
+)
+def test_every_rfc3339_utc_form_is_accepted_and_normalised(given: str, stored: str) -> None:
+    body = _with("collected_at", given)
+    jsonschema.validate(body, _schema())
+    assert Report.model_validate_json(json.dumps(body)).collected_at == stored
+
+
+def test_other_offsets_are_refused_with_a_sentence() -> None:
+    with pytest.raises(ValidationError) as info:
+        Report.model_validate_json(json.dumps(_with("collected_at", "2026-12-01T08:20:00+02:00")))
+    message = info.value.errors()[0]["msg"]
+    assert "is not in UTC" in message
+    assert "pattern" not in message
+
+
+def test_uppercase_pci_ids_are_accepted_and_stored_lowercase() -> None:
+    body = _with("devices[0].pci_device_id", "0X233A")
+    body["devices"][0]["pci_subsystem_id"] = "0x16C110DE"
+    jsonschema.validate(body, _schema())
+    device = Report.model_validate_json(json.dumps(body)).devices[0]
+    assert device.pci_device_id == "0x233a"
+    assert device.pci_subsystem_id == "0x16c110de"
+
+
+@pytest.mark.parametrize("path", ["devices[0].uuid", "devices[0].name", "agent_version", "node_id"])
+def test_control_characters_are_refused_naming_the_field(path: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        Report.model_validate_json(json.dumps(_with(path, "GPU-\x00-1")))
+    error = info.value.errors()[0]
+    assert loc_path(error["loc"]) == path
+    assert "control character U+0000 at position 4" in error["msg"]
