@@ -34,6 +34,20 @@ LEDGER_METRICS: tuple[MetricSpec, ...] = (
         ("rule", "scope"),
     ),
     MetricSpec(
+        "gpucap_cap_share",
+        "gauge",
+        "Share (0..1) each share rule measures in its scope (held TPP over the scope's total); "
+        "absent for caps and where the total is 0.",
+        ("rule", "scope", "kind"),
+    ),
+    MetricSpec(
+        "gpucap_cap_limit_share",
+        "gauge",
+        "The limit (0..1) of each share rule: a maximum (kind max_share) or a minimum (min_share); "
+        "absent for caps.",
+        ("rule", "scope", "kind"),
+    ),
+    MetricSpec(
         "gpucap_cap_headroom_tpp",
         "gauge",
         "TPP that can still be added in each scope before the rule is breached (negative: over).",
@@ -108,6 +122,12 @@ def ledger_families(snapshot: LedgerSnapshot) -> list[Metric]:
         out.add("gpucap_cap_used_tpp", cap.used_tpp, key)
         if cap.limit_tpp is not None:
             out.add("gpucap_cap_limit_tpp", cap.limit_tpp, key)
+        if cap.limit_share is not None:
+            # `kind` depends on the rule alone, so it adds no series: one per check, as above.
+            share_key = {**key, "kind": cap.kind}
+            if cap.share is not None:
+                out.add("gpucap_cap_share", cap.share, share_key)
+            out.add("gpucap_cap_limit_share", cap.limit_share, share_key)
         out.add("gpucap_cap_headroom_tpp", cap.headroom_tpp, key)
         out.add("gpucap_cap_breached", 1 if cap.breached else 0, key)
     for site in snapshot.sites:

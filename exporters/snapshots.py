@@ -55,7 +55,11 @@ FINDING_KINDS: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class CapSample:
-    """One check of the engine: a cap (limit_tpp set) or a share rule (limit_tpp None)."""
+    """One check of the engine: a cap (limit_tpp set) or a share rule (limit_share set).
+
+    Shares are fractions 0..1; `share` is None when the scope holds no TPP at all (undefined).
+    `kind` is the engine's check kind: `max_share`/`min_share` for share rules.
+    """
 
     rule: str
     scope: str
@@ -63,6 +67,9 @@ class CapSample:
     headroom_tpp: float
     breached: bool
     limit_tpp: float | None = None
+    kind: str = ""
+    share: float | None = None
+    limit_share: float | None = None
 
 
 @dataclass(frozen=True)

@@ -101,6 +101,48 @@ def test_the_dashboard_covers_what_operators_watch() -> None:
         assert needle in text, needle
 
 
+def test_headroom_covers_share_rules_against_their_limit_share() -> None:
+    panels = {panel["title"]: panel for panel in _panels()}
+    headroom = " ".join(t["expr"] for t in panels["Headroom share of limit"]["targets"])
+    for needle in ("gpucap_cap_limit_tpp", 'kind="max_share"', 'kind="min_share"'):
+        assert needle in headroom, needle
+    shares = [
+        panel
+        for panel in _panels()
+        if {"gpucap_cap_share", "gpucap_cap_limit_share"}
+        <= {name for t in panel.get("targets", []) for name in metric_names(t["expr"])}
+    ]
+    assert len(shares) >= 2  # the headroom bars and the share table (and its history)
+    for panel in shares:
+        assert panel["fieldConfig"]["defaults"]["unit"] == "percentunit", panel["title"]
+
+
+def test_tpp_panels_carry_a_unit() -> None:
+    tpp = [
+        panel
+        for panel in _panels()
+        if panel["type"] != "row"
+        and any(
+            name.endswith("_tpp") and name != "gpucap_cap_limit_tpp"
+            for t in panel["targets"]
+            for name in metric_names(t["expr"])
+        )
+        and panel["title"] != "Headroom share of limit"  # a ratio of two TPP figures
+        and "H100e" not in panel["title"]  # converted to H100-equivalents
+    ]
+    assert tpp
+    for panel in tpp:
+        assert panel["fieldConfig"]["defaults"]["unit"] == "suffix: TPP", panel["title"]
+
+
+def test_the_rule_pack_status_is_a_banner_on_top() -> None:
+    panels = _panels()
+    banner = next(p for p in panels if p["type"] in {"stat", "text"} and p["gridPos"]["y"] == 1)
+    assert [t["expr"] for t in banner["targets"]] == ["gpucap_ruleset_info"]
+    assert banner["gridPos"]["w"] == 24
+    assert "{{status}}" in banner["targets"][0]["legendFormat"]
+
+
 @pytest.mark.parametrize(("title", "expr"), _exprs(), ids=[title for title, _ in _exprs()])
 def test_every_expression_names_exported_series(title: str, expr: str) -> None:
     check_balanced(expr)

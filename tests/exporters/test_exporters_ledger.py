@@ -19,7 +19,9 @@ SNAPSHOT = LedgerSnapshot(
     caps=(
         CapSample("tier2_country_cap", "IN", 800_000.0, 200_000.0, False, 1_000_000.0),
         CapSample("tier2_country_cap", "AE", 1_100_000.0, -100_000.0, True, 1_000_000.0),
-        CapSample("uveu_country_share", "uveu-a/DE", 50.0, 20.0, False, None),
+        CapSample(
+            "uveu_country_share", "uveu-a/DE", 50.0, 20.0, False, None, "max_share", 0.05, 0.07
+        ),
     ),
     sites=(
         SiteSample("fra-1", "uveu-a", "DE", "1", 316_640.0),
@@ -59,6 +61,74 @@ def test_caps_headroom_and_breaches() -> None:
         share: 20.0,
     }
     assert samples(fams, "gpucap_cap_breached") == {ind: 0.0, uae: 1.0, share: 0.0}
+
+
+SHARES = LedgerSnapshot(
+    ruleset_id="us-bis-ai-diffusion-2025",
+    ruleset_status="in_force",
+    caps=(
+        CapSample("tier2_country_cap", "IN", 800_000.0, 200_000.0, False, 1_000_000.0, "cap"),
+        CapSample(
+            "uveu_tier2_country_share",
+            "entity:uveu-a/country:IN",
+            63.0,
+            7.5,
+            False,
+            kind="max_share",
+            share=0.063,
+            limit_share=0.07,
+        ),
+        CapSample(
+            "uveu_us_share",
+            "entity:uveu-a",
+            550.0,
+            100.0,
+            False,
+            kind="min_share",
+            share=0.55,
+            limit_share=0.5,
+        ),
+        # An entity with no TPP yet: its share is undefined, its limit is not.
+        CapSample(
+            "uveu_us_share", "entity:uveu-b", 0.0, 0.0, False, kind="min_share", limit_share=0.5
+        ),
+    ),
+)
+
+
+def test_share_rules_export_share_and_limit_share_with_their_kind() -> None:
+    fams = _parsed(SHARES)
+    tier2 = (
+        ("kind", "max_share"),
+        ("rule", "uveu_tier2_country_share"),
+        ("scope", "entity:uveu-a/country:IN"),
+    )
+    us_a = (("kind", "min_share"), ("rule", "uveu_us_share"), ("scope", "entity:uveu-a"))
+    us_b = (("kind", "min_share"), ("rule", "uveu_us_share"), ("scope", "entity:uveu-b"))
+    # Fractions 0..1, exactly as the snapshot holds them; no share where the total is 0.
+    assert samples(fams, "gpucap_cap_share") == {tier2: 0.063, us_a: 0.55}
+    assert samples(fams, "gpucap_cap_limit_share") == {tier2: 0.07, us_a: 0.5, us_b: 0.5}
+    # One series per check, as for the TPP series: `kind` follows from the rule.
+    rule_scopes = {
+        (dict(k)["rule"], dict(k)["scope"]) for k in samples(fams, "gpucap_cap_used_tpp")
+    }
+    share_scopes = {
+        (dict(k)["rule"], dict(k)["scope"]) for k in samples(fams, "gpucap_cap_limit_share")
+    }
+    assert share_scopes == rule_scopes - {("tier2_country_cap", "IN")}
+
+
+def test_caps_have_no_share_series() -> None:
+    caps_only = LedgerSnapshot("r", "in_force", caps=SNAPSHOT.caps[:2])
+    fams = _parsed(caps_only)
+    assert samples(fams, "gpucap_cap_share") == {}
+    assert samples(fams, "gpucap_cap_limit_share") == {}
+    assert len(samples(fams, "gpucap_cap_limit_tpp")) == 2
+    # A share rule, in turn, has its share series and no TPP limit.
+    fams = _parsed()
+    share = (("kind", "max_share"), ("rule", "uveu_country_share"), ("scope", "uveu-a/DE"))
+    assert samples(fams, "gpucap_cap_share") == {share: 0.05}
+    assert samples(fams, "gpucap_cap_limit_share") == {share: 0.07}
 
 
 def test_sites_and_node_freshness() -> None:
@@ -145,8 +215,8 @@ def test_a_failing_snapshot_fails_the_scrape() -> None:
 
 @pytest.mark.parametrize(
     "snapshot",
-    [SNAPSHOT, LedgerSnapshot("r", "draft")],
-    ids=["full", "empty"],
+    [SNAPSHOT, SHARES, LedgerSnapshot("r", "draft")],
+    ids=["full", "shares", "empty"],
 )
 def test_promtool_check_metrics_is_clean(snapshot: LedgerSnapshot) -> None:
     body, _ = metrics_response(lambda: snapshot)
