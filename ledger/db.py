@@ -534,6 +534,8 @@ class TokenRow(NamedTuple):
     token_sha256: str
     created_at: str
     revoked_at: str | None
+    expires_at: str | None = None  # an `iso_instant`; None: never expires
+    label: str | None = None
 
 
 def insert_token(conn: Connection, token: TokenRow) -> None:
@@ -557,6 +559,21 @@ def revoke_token(conn: Connection, token_id: str, revoked_at: str) -> bool:
         .values(revoked_at=revoked_at)
     ).rowcount
     return bool(revoked)
+
+
+def unrevoked_node_tokens(conn: Connection, node_id: str) -> list[TokenRow]:
+    """The node's unrevoked node tokens (expired ones too), oldest first (ties by id)."""
+    token_t = table("token")
+    rows = conn.execute(
+        sa.select(token_t)
+        .where(
+            token_t.c.kind == "node",
+            token_t.c.node_id == node_id,
+            token_t.c.revoked_at.is_(None),
+        )
+        .order_by(token_t.c.created_at, token_t.c.id)
+    )
+    return [TokenRow(**r._mapping) for r in rows]
 
 
 def revoked_token_ids(conn: Connection) -> frozenset[str]:

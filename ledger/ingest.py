@@ -27,7 +27,7 @@ from gpucap.core.catalogue import Catalogue
 from gpucap.core.errors import GpucapError, InputError
 from gpucap.core.fleet import Fleet
 from gpucap.core.scenario import parse_scenario
-from gpucap.ledger import db, log
+from gpucap.ledger import db, log, tokens
 from gpucap.ledger.errors import RejectedError, UnavailableError
 from gpucap.ledger.fold import (
     Change,
@@ -281,9 +281,10 @@ def apply_devices(
 
 def decommission(
     store: Store, node_id: str, now: datetime, actor: str, reason: str | None = None
-) -> int:
-    """Close a node: its devices stop counting for installed-base rules from today. The entry
-    carries `reason` only when one is given (older entries have none)."""
+) -> tuple[int, int]:
+    """Close a node: its devices stop counting for installed-base rules from today, and its
+    node tokens are revoked in the same transaction; returns (devices closed, tokens revoked).
+    The entry carries `reason` only when one is given (older entries have none)."""
     if reason is not None:
         check_reason(reason)
     recorded_at = iso_instant(now)
@@ -295,16 +296,19 @@ def decommission(
         if reason is not None:
             body["reason"] = reason
         txn.append("decommission", actor, body, recorded_at)
-    return n
+        revoked = tokens.revoke_node_tokens(txn.conn, node_id, recorded_at, actor)
+        txn.appended += revoked
+    return n, revoked
 
 
-def decommission_preview(store: Store, node_id: str, now: datetime) -> int:
-    """The devices `decommission` would close now, refusing what it would refuse; writes
-    nothing."""
-    with store.read() as conn:
+def decommission_preview(store: Store, node_id: str, now: datetime) -> tuple[int, int]:
+    """The (devices closed, tokens revoked) `decommission` would make now, refusing what it
+    would refuse; writes nothing."""
+    with store.snapshot() as conn:
         node = db.node_for_update(conn, node_id, lock=False)
         _check_decommission(node, node_id)
-        return len(fold_decommission(db.devices(conn, node_id), iso_instant(now)[:10]).rows)
+        closed = fold_decommission(db.devices(conn, node_id), iso_instant(now)[:10]).rows
+        return len(closed), len(db.unrevoked_node_tokens(conn, node_id))
 
 
 def _check_decommission(node: db.NodeRow | None, node_id: str) -> None:

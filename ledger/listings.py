@@ -40,6 +40,8 @@ TOKEN_COLUMNS = (
     ("issued_at", "issued at"),
     ("by", "by"),
     ("revoked_at", "revoked at"),
+    ("expires_at", "expires at"),
+    ("label", "label"),
 )
 
 
@@ -57,7 +59,8 @@ def node_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def token_rows(conn: Connection) -> list[dict[str, Any]]:
     """Every issued token (oldest first): id, kind, subject, scope (the entity an operator
-    token is limited to), when and by whom it was issued, and when it was revoked."""
+    token is limited to), when and by whom it was issued, when it was revoked, when it expires
+    and its label (None: none)."""
     issuers: dict[str, str] = {}
     for leaf in log.leaves_of_kind(conn, "token_issued"):
         entry = json.loads(leaf)
@@ -80,6 +83,8 @@ def token_rows(conn: Connection) -> list[dict[str, Any]]:
                 "issued_at": r.created_at,
                 "by": issuers.get(r.id),
                 "revoked_at": r.revoked_at,
+                "expires_at": r.expires_at,
+                "label": r.label,
             }
         )
     return rows
@@ -114,7 +119,10 @@ def render(
     out = Table(box=box.SIMPLE_HEAD)
     for key, heading in columns:
         numeric = key in ("last_seq", "devices")
-        out.add_column(heading, justify="right" if numeric else "left", no_wrap=True)
+        if key == "label":  # a long label wraps rather than squeezing every other column
+            out.add_column(heading, overflow="fold")
+        else:
+            out.add_column(heading, justify="right" if numeric else "left", no_wrap=True)
     for row in rows:
         # Text cells: a name with brackets is printed as it is, never read as Rich markup.
         out.add_row(*(Text(_cell(row.get(key))) for key, _ in columns))

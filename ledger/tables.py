@@ -181,6 +181,8 @@ class Token(SQLModel, table=True):
     token_sha256: str
     created_at: str
     revoked_at: str | None = None
+    expires_at: str | None = None  # an `iso_instant`; None: never expires
+    label: str | None = None  # the issuer's free text (at most 128 characters)
 
 
 def table(name: str) -> Table:

@@ -7,8 +7,11 @@ each token's id, subject and sha256, never the token. Revocation is by id: proce
 revoked ids and re-read them when `ledger_state.auth_version` changes (checked at most every
 `revocation_ttl_s`). Kinds: `node` (writes its own reports), `operator` (reads; with an entity,
 only that entity's scopes), `auditor` (reads the whole log and every answer, writes nothing).
-Every issue and revocation is a log entry (id, kind, subject, scope, by whom; never the token).
-The `token` rows are read and written by `db`, the key's `ledger_state` row by `store`.
+A token may carry an expiry (`exp`, an `iso_instant`) in its signed claims, which the verifier
+checks on every request, and a label (in its row and `token_issued` entry only). Every issue and
+revocation is a log entry (id, kind, subject, scope, by whom; never the token); a node's
+decommission revokes its node tokens in the same transaction (`revoke_node_tokens`). The `token`
+rows are read and written by `db`, the key's `ledger_state` row by `store`.
 """
 
 from __future__ import annotations
@@ -17,19 +20,28 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import threading
 import time
+import unicodedata
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
+from sqlalchemy.engine import Connection
+
+from gpucap.core.errors import InputError
 from gpucap.ledger import db, log
 from gpucap.ledger.errors import AuthError, RejectedError
-from gpucap.ledger.settings import iso_instant
+from gpucap.ledger.settings import iso_instant, parse_instant
 from gpucap.ledger.store import Store, bump_auth
 
 PREFIX = "gpc1"
 KINDS = ("node", "operator", "auditor")
+LABEL_MAX_CHARS = 128
+_DURATION = re.compile(r"([1-9][0-9]{0,9})([smhdw])")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 
 
 @dataclass(frozen=True)
@@ -43,6 +55,7 @@ class Principal:
     operator: str | None = None
     entity: str | None = None
     auditor: str | None = None
+    expires_at: datetime | None = None  # UTC; None: never expires
 
     @property
     def reads_everything(self) -> bool:
@@ -71,6 +84,8 @@ def _unb64(text: str) -> bytes:
 def sign(principal: Principal, key: bytes) -> str:
     """The token for `principal` under `key` (pure)."""
     claims = {"id": principal.token_id, "kind": principal.kind, **principal.subject()}
+    if principal.expires_at is not None:
+        claims["exp"] = iso_instant(principal.expires_at)
     body = _b64(log.canonical(claims).encode())
     mac = _b64(hmac.new(key, f"{PREFIX}.{body}".encode(), hashlib.sha256).digest())
     return f"{PREFIX}.{body}.{mac}"
@@ -91,6 +106,11 @@ def verify(token: str, key: bytes) -> Principal:
         raise AuthError(401, "bad_signature", "token signature does not verify")
     if not isinstance(claims, dict) or claims.get("kind") not in KINDS:
         raise AuthError(401, "malformed_token", "token claims are invalid")
+    exp = claims.get("exp")
+    try:
+        expires_at = None if exp is None else parse_instant(exp)
+    except (TypeError, ValueError):
+        raise AuthError(401, "malformed_token", "token expiry is invalid") from None
     return Principal(
         token_id=str(claims["id"]),
         kind=str(claims["kind"]),
@@ -99,7 +119,87 @@ def verify(token: str, key: bytes) -> Principal:
         operator=claims.get("operator"),
         entity=claims.get("entity"),
         auditor=claims.get("auditor"),
+        expires_at=expires_at,
     )
+
+
+def check_expiry(principal: Principal, now: datetime) -> None:
+    """AuthError(401, `expired`) once `now` reaches the token's expiry (pure; per request)."""
+    if principal.expires_at is not None and now >= principal.expires_at:
+        when = iso_instant(principal.expires_at)
+        raise AuthError(401, "expired", f"token {principal.token_id} expired at {when}")
+
+
+def parse_expires(text: str, now: datetime) -> datetime:
+    """`--expires`: an RFC 3339 instant or a duration from `now` (`90d`, `12h`, `30m`, `45s`,
+    `2w`), as a UTC instant after `now`; InputError naming `--expires` otherwise (pure)."""
+    duration = _DURATION.fullmatch(text)
+    try:
+        if duration is not None:
+            seconds = int(duration[1]) * _UNIT_S[duration[2]]
+            moment = now + timedelta(seconds=seconds)
+        elif _RFC3339.fullmatch(text):
+            moment = datetime.fromisoformat(text.upper())
+        else:
+            raise InputError(
+                "--expires",
+                f"{text!r} is neither an RFC 3339 instant (2026-01-01T00:00:00Z) "
+                "nor a duration (90d, 12h, 30m, 45s, 2w)",
+            )
+        moment = moment.astimezone(UTC)
+        iso_instant(moment)  # a year past 9999 fails here, not at verification
+    except (OverflowError, ValueError) as exc:
+        raise InputError("--expires", f"{text!r} is not a valid instant: {exc}") from None
+    if moment <= now:
+        raise InputError("--expires", f"{iso_instant(moment)} is not in the future")
+    return moment
+
+
+def check_label(label: str) -> None:
+    """InputError naming `--label` for an empty label, one over `LABEL_MAX_CHARS` characters,
+    or one with a control character or text that is not UTF-8 (pure)."""
+    if not label.strip():
+        raise InputError("--label", "must not be empty")
+    if len(label) > LABEL_MAX_CHARS:
+        raise InputError("--label", f"at most {LABEL_MAX_CHARS} characters, not {len(label)}")
+    for i, ch in enumerate(label):
+        category = unicodedata.category(ch)
+        if category in ("Cc", "Cs"):
+            what = "not UTF-8" if category == "Cs" else f"control character U+{ord(ch):04X}"
+            raise InputError("--label", f"{what} at position {i}")
+
+
+def check_known(conn: Connection, principal: Principal, *, lock: bool) -> None:
+    """InputError naming the flag when a node or entity-scoped token names what the current
+    registry lacks, or a node that reported from another site or was decommissioned (a node
+    that has not reported yet is fine). With `lock` (PostgreSQL) the node's row stays locked
+    until commit, so a concurrent decommission revokes this token too."""
+    if principal.kind == "node":
+        flag = "--site"
+    elif principal.kind == "operator" and principal.entity is not None:
+        flag = "--entity"
+    else:
+        return
+    reg = db.registry(conn)
+    if reg is None:
+        raise InputError(flag, "no registry loaded (gpucap ledger serve --registry FILE)")
+    doc = json.loads(reg.doc)
+    if principal.kind == "operator":
+        if principal.entity not in {str(e["id"]) for e in doc.get("entities", [])}:
+            raise InputError("--entity", f"no entity {principal.entity!r} in the registry")
+        return
+    site, node_id = principal.site_id, str(principal.node_id)
+    if site not in {str(s["id"]) for s in doc.get("sites", [])}:
+        raise InputError("--site", f"no site {site!r} in the registry")
+    node = db.node_for_update(conn, node_id, lock=lock)
+    if node is not None and node.decommissioned_on is not None:
+        raise InputError(
+            "--node",
+            f"node {node_id!r} was decommissioned on {node.decommissioned_on}; "
+            "a node id is never reused: enrol the machine under a new node id",
+        )
+    if node is not None and node.site_id != site:
+        raise InputError("--node", f"node {node_id!r} reports for site {node.site_id!r}")
 
 
 def signing_key(store: Store, secret: str | None) -> bytes:
@@ -125,14 +225,34 @@ def issue(
     now: datetime,
     secret: str | None,
     by: str = "cli",
+    *,
+    expires_at: datetime | None = None,
+    label: str | None = None,
+    check_registry: bool = False,
     **subject: str | None,
 ) -> tuple[str, str]:
-    """Create and record a token; returns (token id, token). Only the token's hash is stored."""
+    """Create and record a token; returns (token id, token). Only the token's hash is stored.
+    With `check_registry` (`gpucap ledger token`) its subject is checked against the registry
+    and the node table in the same transaction (`check_known`); fixtures that issue tokens
+    before a registry is recorded leave it off."""
     check_subject(principal_kind, **subject)
-    principal = Principal(token_id=secrets.token_hex(8), kind=principal_kind, **subject)
+    if label is not None:
+        check_label(label)
+    if expires_at is not None and expires_at <= now:
+        raise InputError("--expires", f"{iso_instant(expires_at)} is not in the future")
+    principal = Principal(
+        token_id=secrets.token_hex(8), kind=principal_kind, expires_at=expires_at, **subject
+    )
     token = sign(principal, signing_key(store, secret))
     recorded_at = iso_instant(now)
+    body = _entry(principal)
+    if expires_at is not None:
+        body["expires_at"] = iso_instant(expires_at)
+    if label is not None:
+        body["label"] = label  # only when given: entries issued before labels stay as they were
     with store.write() as conn:
+        if check_registry:
+            check_known(conn, principal, lock=not store.is_sqlite)
         row = db.TokenRow(
             id=principal.token_id,
             kind=principal.kind,
@@ -143,9 +263,11 @@ def issue(
             token_sha256=hashlib.sha256(token.encode()).hexdigest(),
             created_at=recorded_at,
             revoked_at=None,
+            expires_at=None if expires_at is None else iso_instant(expires_at),
+            label=label,
         )
         db.insert_token(conn, row)
-        log.append(conn, "token_issued", f"operator:{by}", _entry(principal), recorded_at)
+        log.append(conn, "token_issued", f"operator:{by}", body, recorded_at)
     return principal.token_id, token
 
 
@@ -168,18 +290,35 @@ def revoke(store: Store, token_id: str, now: datetime, by: str = "cli") -> None:
             raise RejectedError("--revoke", f"no unrevoked token with id {token_id!r}")
         if not db.revoke_token(conn, token_id, recorded_at):  # revoked since the SELECT
             raise RejectedError("--revoke", f"no unrevoked token with id {token_id!r}")
-        auditor = row.kind == "auditor"
-        principal = Principal(
-            token_id=row.id,
-            kind=row.kind,
-            node_id=row.node_id,
-            site_id=row.site_id,
-            operator=None if auditor else row.operator,
-            entity=row.entity,
-            auditor=row.operator if auditor else None,
-        )
-        log.append(conn, "token_revoked", f"operator:{by}", _entry(principal), recorded_at)
+        log.append(conn, "token_revoked", f"operator:{by}", _entry(_of_row(row)), recorded_at)
         bump_auth(conn)
+
+
+def revoke_node_tokens(conn: Connection, node_id: str, recorded_at: str, actor: str) -> int:
+    """Revoke every unrevoked node token of `node_id` inside the caller's transaction (its
+    decommission), one `token_revoked` entry each; returns how many."""
+    revoked = 0
+    for row in db.unrevoked_node_tokens(conn, node_id):
+        if db.revoke_token(conn, row.id, recorded_at):
+            log.append(conn, "token_revoked", actor, _entry(_of_row(row)), recorded_at)
+            revoked += 1
+    if revoked:
+        bump_auth(conn)
+    return revoked
+
+
+def _of_row(row: db.TokenRow) -> Principal:
+    """The principal a `token` row records (an auditor's name is kept in `operator`)."""
+    auditor = row.kind == "auditor"
+    return Principal(
+        token_id=row.id,
+        kind=row.kind,
+        node_id=row.node_id,
+        site_id=row.site_id,
+        operator=None if auditor else row.operator,
+        entity=row.entity,
+        auditor=row.operator if auditor else None,
+    )
 
 
 class Revocations:

@@ -234,3 +234,20 @@ def log_kinds(db_url: str, *, tokens: bool = False) -> list[str]:
             return [r[0] for r in rows if tokens or not r[0].startswith("token_")]
     finally:
         engine.dispose()
+
+
+def record_registry(db_url: str, registry: Path) -> None:
+    """Migrate the database and record `registry` as `serve --registry` would, without serving
+    (`gpucap ledger token` checks node and entity tokens against it)."""
+    from gpucap.core.catalogue import default_catalogue
+    from gpucap.ledger import ingest
+    from gpucap.ledger.service import registry_doc
+    from gpucap.ledger.settings import Settings, utc_now
+    from gpucap.ledger.store import Store
+
+    store = Store.open(Settings(db_url=db_url))
+    try:
+        doc = registry_doc(registry, default_catalogue())
+        ingest.set_registry(store, doc, str(registry), utc_now(), "registry-file")
+    finally:
+        store.close()

@@ -167,7 +167,7 @@ def test_decommission_closes_devices_and_refuses_later_reports(
 ) -> None:
     ledger.ingest(rep(seq=1))
     clock.moment = at("2025-09-10T00:00:00")
-    assert ingest.decommission(ledger.store, "n1", clock(), "operator:test") == 8
+    assert ingest.decommission(ledger.store, "n1", clock(), "operator:test") == (8, 0)
     assert lines(ledger) == [("acme-ae-1", "2025-09-01", H100_TPP, "2025-09-10", 8)]
     with pytest.raises(RejectedError, match=r"decommissioned on 2025-09-10; .* new node id"):
         ledger.ingest(rep(seq=2))

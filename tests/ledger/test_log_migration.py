@@ -74,7 +74,7 @@ def test_the_old_chain_becomes_the_first_leaves(db_url: str, tmp_path: Path) -> 
     projections = {t: _table(url, t) for t in ("device", "token")}
     migrated = gpucap("ledger", "migrate", "--db", url)
     assert migrated.returncode == 0, migrated.stderr
-    assert "revision 0003" in migrated.stdout
+    assert "revision 0004" in migrated.stdout
     assert f"{len(events)} log entries integrated and signed" in migrated.stdout
     leaves = [json.loads(r[0]) for r in _rows(url, "SELECT leaf FROM log_entry ORDER BY idx")]
     assert [e["kind"] for e in leaves] == ["registry", *["report"] * 6, "decommission"]
@@ -86,7 +86,10 @@ def test_the_old_chain_becomes_the_first_leaves(db_url: str, tmp_path: Path) -> 
             "kind": old.kind,
             "recorded_at": old.recorded_at,
         }
-    assert {t: _table(url, t) for t in projections} == projections
+    after = {t: _table(url, t) for t in projections}
+    assert all(tuple(r[-2:]) == (None, None) for r in after["token"])  # 0004: expiry, label
+    after["token"] = [tuple(r[:-2]) for r in after["token"]]
+    assert after == {t: [tuple(r) for r in rows] for t, rows in projections.items()}
     verified = gpucap("ledger", "verify", "--db", url, "--projections")
     assert verified.returncode == 0, verified.stderr
     assert "ok: 8 entries" in verified.stdout

@@ -21,7 +21,7 @@ from gpucap.ledger.errors import RejectedError
 from gpucap.ledger.models import Report
 from gpucap.ledger.service import Ledger
 from gpucap.ledger.tables import table
-from tests.ledger.support import Clock, gpucap, ledger_server, report
+from tests.ledger.support import Clock, gpucap, ledger_server, record_registry, report
 
 NODE_KEYS = {
     "node",
@@ -241,7 +241,7 @@ def test_nodes_command_refuses_bad_flags(ledger: Ledger, db_url: str) -> None:
 
 @pytest.mark.slow
 def test_nodes_command_from_a_ledger_equals_the_database(db_url: str, registry_file: Path) -> None:
-    assert gpucap("ledger", "migrate", "--db", db_url).returncode == 0
+    record_registry(db_url, registry_file)
     node_token = gpucap("ledger", "token", "--db", db_url, "--node", "n1", "--site", "acme-ae-1")
     admin = gpucap("ledger", "token", "--db", db_url, "--operator", "root").stdout.strip()
     nimbus = gpucap(
@@ -280,8 +280,10 @@ def test_nodes_command_from_a_ledger_equals_the_database(db_url: str, registry_f
 
 
 # -- gpucap ledger token --list ---------------------------------------------------------------
-def test_token_list_names_who_issued_and_revoked_never_a_secret(db_url: str) -> None:
-    assert gpucap("ledger", "migrate", "--db", db_url).returncode == 0
+def test_token_list_names_who_issued_and_revoked_never_a_secret(
+    db_url: str, registry_file: Path
+) -> None:
+    record_registry(db_url, registry_file)
     issued = [
         gpucap(
             "ledger",
@@ -330,6 +332,8 @@ def test_token_list_names_who_issued_and_revoked_never_a_secret(db_url: str) -> 
         "issued_at": rows[ids[0]]["issued_at"],
         "by": "bob",
         "revoked_at": None,
+        "expires_at": None,
+        "label": None,
     }
     assert rows[ids[1]]["subject"] == {"node": "n1", "site": "acme-ae-1"}
     assert (rows[ids[1]]["by"], rows[ids[1]]["scope"]) == ("cli", None)
@@ -341,7 +345,17 @@ def test_token_list_names_who_issued_and_revoked_never_a_secret(db_url: str) -> 
     )
 
     parsed = list(csv.reader(io.StringIO(outputs["csv"].stdout)))
-    assert parsed[0] == ["id", "kind", "subject", "scope", "issued_at", "by", "revoked_at"]
+    assert parsed[0] == [
+        "id",
+        "kind",
+        "subject",
+        "scope",
+        "issued_at",
+        "by",
+        "revoked_at",
+        "expires_at",
+        "label",
+    ]
     assert parsed[1] == [
         ids[0],
         "operator",
@@ -349,6 +363,8 @@ def test_token_list_names_who_issued_and_revoked_never_a_secret(db_url: str) -> 
         "acme",
         rows[ids[0]]["issued_at"],
         "bob",
+        "",
+        "",
         "",
     ]
     assert parsed[2][2] == "node:n1 site:acme-ae-1"
@@ -365,10 +381,13 @@ def test_token_list_names_who_issued_and_revoked_never_a_secret(db_url: str) -> 
         "by",
         "revoked",
         "at",
+        "expires",
+        "at",
+        "label",
     ]
     assert [ln.split()[0] for ln in lines[2:]] == ids
-    # Listing appends nothing to the log.
-    assert _snapshot(db_url)[0] == 4
+    # Listing appends nothing to the log (the registry, three issues and a revocation).
+    assert _snapshot(db_url)[0] == 5
 
 
 @pytest.mark.parametrize(
@@ -419,7 +438,9 @@ def test_decommission_dry_run_changes_nothing_and_refuses_what_the_real_one_does
     before = _snapshot(db_url)
     dry = gpucap("ledger", "decommission", "--db", db_url, "--node", "n1", "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert dry.stdout == "node n1 would be decommissioned; 6 devices would be closed\n"
+    assert dry.stdout == (
+        "node n1 would be decommissioned; 6 devices would be closed; 0 tokens would be revoked\n"
+    )
     assert _snapshot(db_url) == before
     with_reason = gpucap(
         "ledger", "decommission", "--db", db_url, "--node", "n1", "--dry-run", "--reason", "rma"
@@ -430,7 +451,7 @@ def test_decommission_dry_run_changes_nothing_and_refuses_what_the_real_one_does
     for node in ("n9", "n1"):
         if node == "n1":  # now decommission it for real, and ask again
             real = gpucap("ledger", "decommission", "--db", db_url, "--node", "n1")
-            assert real.stdout == "node n1 decommissioned; 6 devices closed\n"
+            assert real.stdout == "node n1 decommissioned; 6 devices closed; 0 tokens revoked\n"
         after = _snapshot(db_url)
         dry = gpucap("ledger", "decommission", "--db", db_url, "--node", node, "--dry-run")
         wet = gpucap("ledger", "decommission", "--db", db_url, "--node", node)
@@ -502,8 +523,8 @@ def test_decommission_refuses_a_reason_with_control_characters(
 
 def test_decommission_keeps_no_reason_key_for_none(ledger: Ledger, clock: Clock) -> None:
     _ingest(ledger, "n1", "acme-ae-1", 1, 3)
-    assert ingest.decommission_preview(ledger.store, "n1", clock()) == 3
-    assert ingest.decommission(ledger.store, "n1", clock(), "operator:test", None) == 3
+    assert ingest.decommission_preview(ledger.store, "n1", clock()) == (3, 0)
+    assert ingest.decommission(ledger.store, "n1", clock(), "operator:test", None) == (3, 0)
     log_t = table("log_entry")
     with ledger.store.read() as conn:
         leaf = conn.execute(
