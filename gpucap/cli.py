@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpucap", description="Compute-cap accounting for GPU clusters."
     )
-    parser.add_argument("--version", action="version", version=f"gpucap {__version__}")
+    parser.add_argument("-V", "--version", action="version", version=f"gpucap {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in _COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)

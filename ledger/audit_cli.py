@@ -45,7 +45,11 @@ def register_ledger(sub: Any, db_flag: Any) -> None:
     """`gpucap ledger events` and `gpucap ledger export`."""
     ev = sub.add_parser("events", help="the log's entries as a history (filtered, paginated)")
     db_flag(ev)
-    ev.add_argument("--ledger", help="read GET /v1/events from this ledger (token: GPUCAP_TOKEN)")
+    ev.add_argument(
+        "--ledger",
+        help="read GET /v1/events from this ledger (token: GPUCAP_TOKEN; GPUCAP_LEDGER alone "
+        "does not switch from the database)",
+    )
     for name in ("since", "until"):
         ev.add_argument(f"--{name}", help="ISO 8601 instant")
     for name in ("kind", "node", "site", "entity"):
@@ -75,7 +79,7 @@ def register_ledger(sub: Any, db_flag: Any) -> None:
 def register(subparsers: Any) -> None:
     """`gpucap explain` and `gpucap audit verify`."""
     ex = subparsers.add_parser("explain", help="why a check's number is what it is")
-    ex.add_argument("--ledger", required=True, help="ledger base URL")
+    ex.add_argument("--ledger", help="ledger base URL (default: GPUCAP_LEDGER)")
     ex.add_argument("--rule", required=True)
     ex.add_argument("--scope", required=True, help="the check's scope, e.g. country:AE")
     ex.add_argument("--as-of", help="date YYYY-MM-DD (default: today)")
@@ -149,7 +153,7 @@ def _events(args: argparse.Namespace) -> int:
     params = _event_params(args)
     query = events.parse_query(params)  # refused here, by flag name, before any connection
     pages: list[dict[str, Any]] = []
-    if args.ledger:
+    if args.ledger is not None:  # only the flag: GPUCAP_LEDGER must not move --db's reader
         from gpucap.ledger.client import LedgerClient, base_url
 
         base_url(args.ledger, "--ledger")

@@ -6,7 +6,8 @@ proof from the newest checkpoint it accepted before and stores the new one besid
 (every accepted checkpoint stays, named `<size>.checkpoint`); a smaller tree, or another root at
 a size it already holds, is refused and kept as evidence (`conflict-<size>-<n>.checkpoint`).
 `entries` downloads every entry and recomputes the root. VerificationError is the log's answer
-being wrong (exit 1); UnavailableError is the ledger not answering (exit 3).
+being wrong (exit 1); UnavailableError is the ledger not answering (exit 3), or answering with
+something that is not a signed note at all (another service's page claims nothing).
 """
 
 from __future__ import annotations
@@ -57,7 +58,10 @@ def _hashes(answer: Any, where: str) -> list[bytes]:
 def verify(fetch: Fetch, key: note.Verifier, state: Path | None, entries: bool) -> Outcome:
     text = fetch("/v1/log/checkpoint", None)
     if not isinstance(text, str):
-        raise UnavailableError("ledger", "/v1/log/checkpoint did not answer text/plain")
+        raise UnavailableError("/v1/log/checkpoint", "the answer is not a signed note (text/plain)")
+    # A blank line, then a signature line ("— name ..."): without one it claims nothing to refute.
+    if "\n\n\u2014 " not in text:
+        raise UnavailableError("/v1/log/checkpoint", "the answer is not a signed note")
     checkpoint = note.open_checkpoint(text, key)
     previous = None
     if state is not None:

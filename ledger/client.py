@@ -1,12 +1,15 @@
 """The operators' HTTP client for `gpucap headroom`, `gpucap whatif` and `gpucap ledger nodes`.
 
 A malformed base URL is an InputError (exit 2). HTTP status maps to our errors here: 422 ->
-InputError (exit 2), 401/403/5xx and connection failures -> UnavailableError (exit 3).
-`transport` lets a test hand in any httpx transport.
+InputError (exit 2), 401/403/5xx, redirects (never followed: the token must not travel to another
+address) and connection failures -> UnavailableError (exit 3). So is an answer that is not what
+the command reads: not JSON (a proxy's HTML page), or JSON of another shape (`SHAPES`, checked
+where the answer is parsed). `transport` lets a test hand in any httpx transport.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -26,6 +29,163 @@ def base_url(text: str, field: str = "--ledger") -> str:
     return text.rstrip("/")
 
 
+def ledger_url(flag: str | None, environ: Mapping[str, str]) -> str:
+    """The ledger's base URL: `--ledger`, else GPUCAP_LEDGER; InputError naming the one given
+    (or `--ledger` when neither is)."""
+    if flag is not None:
+        return base_url(flag, "--ledger")
+    value = environ.get("GPUCAP_LEDGER")
+    if not value:
+        raise InputError("--ledger", "give --ledger URL or set GPUCAP_LEDGER")
+    return base_url(value, "GPUCAP_LEDGER")
+
+
+# What each command reads of an answer. A dict names keys that must be present, each with a
+# type (or a tuple of alternatives), a nested dict, `[item]` for a list of items, or None for
+# any value. Only what the commands read is checked: a newer ledger may add fields.
+Shape = Any
+_NUMBER = (int, float)
+_TEXT_OR_NULL = (str, type(None))
+_PROVENANCE: Shape = {
+    "known_at": None,
+    "log_size": int,
+    "root_hash": str,
+    "registry_digest": _TEXT_OR_NULL,
+    "rulesets": [{"id": None, "version": None, "status": None, "digest": str}],
+    "catalogue_digest": str,
+    "gpucap_version": None,
+    "generated_at": None,
+}
+_RULESET: Shape = {"id": None, "version": None, "status": None, "warnings": [str]}
+_CHECK: Shape = {
+    "rule": str,
+    "scope": str,
+    "kind": str,
+    "status": str,
+    "used_tpp": _NUMBER,
+    "headroom_tpp": _NUMBER,
+    "headroom_h100e": _NUMBER,
+}
+_TABLE_CHECK: Shape = {
+    **_CHECK,
+    "used_h100e": _NUMBER,
+    "source": {"confidence": None},
+    "note": None,
+}
+SHAPES: dict[str, Shape] = {
+    "/v1/headroom": {
+        "as_of": str,
+        "verdict": str,
+        "ruleset": _RULESET,
+        "checks": [_TABLE_CHECK],
+        "provenance": _PROVENANCE,
+    },
+    "/v1/whatif": {
+        "allowed": bool,
+        "binding": (type(None), {"rule": None, "scope": None, "headroom_tpp": _NUMBER}),
+        "ruleset": _RULESET,
+        "after": [_TABLE_CHECK],
+        "provenance": _PROVENANCE,
+    },
+    "/v1/report": {
+        "scope": _TEXT_OR_NULL,
+        "from": str,
+        "to": str,
+        "step": str,
+        "ruleset": {"id": None, "version": None, "status": None, "in_force": None},
+        "warnings": [str],
+        "steps": [{"as_of": str, "checks": [_CHECK]}],
+        "summary": {"steps": int, "breached_steps": int, "first_breach": _TEXT_OR_NULL},
+        "provenance": _PROVENANCE,
+    },
+    "/v1/nodes": {"nodes": [dict]},
+    "/v1/explain": {
+        "rule": None,
+        "scope": None,
+        "as_of": None,
+        "status": str,
+        "used_tpp": _NUMBER,
+        "figures": dict,
+        "contributions": [dict],
+        "provenance": _PROVENANCE,
+    },
+    "/v1/events": {"entries": [dict], "next_cursor": (int, type(None))},
+}
+_JSON_NAMES: dict[type, str] = {
+    type(None): "null",
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "a list",
+    dict: "an object",
+}
+
+
+def _json_kind(value: Any) -> str:
+    return next((n for t, n in _JSON_NAMES.items() if type(value) is t), type(value).__name__)
+
+
+def mismatch(value: Any, shape: Shape, where: str = "") -> str | None:
+    """The first place where `value` departs from `shape`, as a field path and a reason."""
+    here = where or "the answer"
+    if shape is None:
+        return None
+    if isinstance(shape, tuple):
+        misses = [mismatch(value, alternative, where) for alternative in shape]
+        if None in misses:
+            return None
+        if all(isinstance(alternative, type) for alternative in shape):
+            wanted = " or ".join(_JSON_NAMES.get(t, t.__name__) for t in shape)
+            return f"{here} is {_json_kind(value)}, not {wanted}"
+        return misses[-1]
+    if isinstance(shape, dict):
+        if not isinstance(value, dict):
+            return f"{here} is {_json_kind(value)}, not an object"
+        for key, inner in shape.items():
+            path = f"{where}.{key}" if where else key
+            if key not in value:
+                return f"{path} is missing"
+            found = mismatch(value[key], inner, path)
+            if found is not None:
+                return found
+        return None
+    if isinstance(shape, list):
+        if not isinstance(value, list):
+            return f"{here} is {_json_kind(value)}, not a list"
+        for i, item in enumerate(value):
+            found = mismatch(item, shape[0], f"{where}[{i}]")
+            if found is not None:
+                return found
+        return None
+    if not isinstance(value, shape) or (shape is not bool and isinstance(value, bool)):
+        return f"{here} is {_json_kind(value)}, not {_JSON_NAMES.get(shape, shape.__name__)}"
+    return None
+
+
+def _excerpt(response: httpx.Response) -> str:
+    """A refusal's reason on one line: the JSON `detail`, else the start of the body."""
+    if response.headers.get("content-type", "").startswith("text/html"):
+        return "an HTML page, not a ledger answer"
+    try:
+        body = response.json()
+    except ValueError:
+        body = response.text
+    if isinstance(body, dict) and "detail" in body:
+        body = body["detail"]
+    return " ".join(str(body).split())[:200] or "no body"
+
+
+def _refusal(response: httpx.Response) -> InputError | None:
+    """The ledger's 422 as the InputError it names; None for a 422 of another shape."""
+    try:
+        detail = response.json().get("detail") or [{}]
+        first = detail[0] if isinstance(detail, list) else {"reason": str(detail)}
+        return InputError(str(first.get("path", "")), str(first.get("reason", "invalid")))
+    except (ValueError, AttributeError, IndexError):
+        return None
+
+
 class LedgerClient:
     """A thin client of the ledger API with one bearer token."""
 
@@ -42,44 +202,56 @@ class LedgerClient:
             timeout=timeout_s,
             transport=transport,
         )
+        self._base = str(self._http.base_url).rstrip("/")
 
     def close(self) -> None:
         self._http.close()
 
-    def _answer(self, response: httpx.Response) -> Any:
-        if response.status_code == 422:
-            detail = response.json().get("detail") or [{}]
-            first = detail[0] if isinstance(detail, list) else {"reason": str(detail)}
-            raise InputError(str(first.get("path", "")), str(first.get("reason", "invalid")))
-        if response.status_code >= 400:
-            try:
-                detail = response.json().get("detail")
-            except ValueError:
-                detail = response.text[:200]
-            raise UnavailableError("ledger", f"HTTP {response.status_code}: {detail}")
-        return response.json()
+    def _answer(self, response: httpx.Response, path: str) -> Any:
+        """The JSON of a 2xx answer; every other answer as InputError or UnavailableError."""
+        status = response.status_code
+        if 300 <= status < 400:
+            target = response.headers.get("location", "nowhere")
+            raise UnavailableError(
+                path, f"HTTP {status} redirect to {target} (not followed: give the ledger's URL)"
+            )
+        refusal = _refusal(response) if status == 422 else None
+        if refusal is not None:
+            raise refusal
+        if status >= 400 or status < 200:
+            raise UnavailableError(path, f"HTTP {status}: {_excerpt(response)}")
+        try:
+            return response.json()
+        except ValueError:
+            kind = response.headers.get("content-type", "").split(";")[0] or "no content type"
+            raise UnavailableError(
+                path, f"the answer is not JSON ({kind}): is {self._base} a gpucap ledger?"
+            ) from None
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise UnavailableError("ledger", f"cannot reach {self._base}: {exc}") from exc
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise UnavailableError("ledger", f"cannot reach {self._http.base_url}: {exc}") from exc
-        return self._answer(response)
+        """The answer of `path`, checked against what its command reads (`SHAPES`)."""
+        answer = self._answer(self._send(method, path, **kwargs), path)
+        problem = mismatch(answer, SHAPES[path])
+        if problem is not None:
+            raise UnavailableError(
+                path, f"unexpected answer ({problem}): is {self._base} a gpucap ledger?"
+            )
+        return answer
 
     def fetch(self, path: str, params: dict[str, int] | None = None) -> Any:
-        """GET `path`: its text for text/plain answers, else its JSON."""
-        try:
-            response = self._http.get(path, params=params)
-        except httpx.HTTPError as exc:
-            raise UnavailableError("ledger", f"cannot reach {self._http.base_url}: {exc}") from exc
-        if response.status_code < 400 and response.headers.get("content-type", "").startswith(
-            "text/plain"
-        ):
+        """GET `path`: its text for text/plain answers, else its JSON (the auditor checks it)."""
+        response = self._send("GET", path, params=params)
+        if 200 <= response.status_code < 300 and response.headers.get(
+            "content-type", ""
+        ).startswith("text/plain"):
             return response.text
-        try:
-            return self._answer(response)
-        except ValueError:  # a JSON answer that is not JSON
-            raise UnavailableError("ledger", f"{path}: the answer is not JSON") from None
+        return self._answer(response, path)
 
     def headroom(
         self, scope: str | None = None, as_of: str | None = None, known_at: str | None = None

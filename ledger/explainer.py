@@ -19,7 +19,7 @@ from gpucap.core.report import check_to_dict, tpp_number
 from gpucap.core.ruleset import RulePack
 from gpucap.ledger.errors import AuthError
 from gpucap.ledger.record import Record, observed_by_node, spec_line
-from gpucap.ledger.views import FleetIndex, can_see
+from gpucap.ledger.views import FleetIndex, can_see, normal_scope
 
 
 def pieces(record: Record, fleet: Fleet) -> Callable[[str], Sequence[Piece]]:
@@ -70,7 +70,9 @@ def explain_answer(
     scope: str,
     entity: str | None,
 ) -> dict[str, Any]:
-    """The explain document (without provenance) for a caller limited to `entity`."""
+    """The explain document (without provenance) for a caller limited to `entity`; a country
+    code in `scope` is case-insensitive."""
+    scope = normal_scope(scope)
     if not can_see(scope, entity, index):
         raise AuthError(
             403, "scope_forbidden", f"operator token for {entity!r} may not see {scope}"
