@@ -34,8 +34,10 @@ def render_prometheus_config(
     ledger_targets: Sequence[str],
     rule_files: Sequence[str],
     scrape_interval_seconds: float = 30.0,
+    ledger_token_file: str | None = None,
 ) -> str:
-    """The shipped configuration with static targets, given rule files and one interval.
+    """The shipped configuration with static targets, given rule files and one interval; the
+    ledger is scraped with the token in `ledger_token_file` (None: without one).
 
     The scrape timeout equals the interval and rules are evaluated at the same pace. Raises
     `InputError` naming the field when the template lacks a gpucap job.
@@ -64,6 +66,11 @@ def render_prometheus_config(
         for key in [k for k in job if k.endswith("_sd_configs") or k == "static_configs"]:
             del job[key]
         job["static_configs"] = [{"targets": targets[name]}]
+        if name == LEDGER_JOB:
+            if ledger_token_file is None:
+                job.pop("authorization", None)  # a ledger run without GPUCAP_METRICS_TOKEN
+            else:
+                job["authorization"] = {"type": "Bearer", "credentials_file": ledger_token_file}
         config["scrape_configs"][index] = job
     missing = sorted(set(targets) - seen)
     if missing:

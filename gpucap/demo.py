@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -84,6 +85,8 @@ class DemoStack:
     children: dict[str, Child] = field(default_factory=dict)
     operator_token: str = ""
     agents: list[AgentSpec] = field(default_factory=list)
+    # The ledger's metrics need a bearer token, as in a real deployment (docs/deploy.md).
+    metrics_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
 
     @property
     def db_url(self) -> str:
@@ -132,7 +135,10 @@ class DemoStack:
             url,
             "ledger", "serve", "--registry", str(registry), "--db", self.db_url,
             "--host", self.host, "--port", str(port),
-            env={"GPUCAP_REPORT_INTERVAL_S": str(self.interval_s)},
+            env={
+                "GPUCAP_REPORT_INTERVAL_S": str(self.interval_s),
+                "GPUCAP_METRICS_TOKEN": self.metrics_token,
+            },
         )  # fmt: skip
         self._wait(f"{url}/readyz", "ledger", timeout_s=60)
         self.operator_token = self._run(
@@ -262,6 +268,9 @@ def run_demo(args: argparse.Namespace) -> int:
             if child.name.startswith("agent-"):
                 print(f"{child.name + ' metrics:':15}", child.url)
         print(f"operator token: GPUCAP_TOKEN={stack.operator_token}")
+        print(
+            f"metrics token:  {stack.metrics_token} (scrape the ledger with Authorization: Bearer)"
+        )
         print(
             f"try: GPUCAP_TOKEN=... gpucap headroom --ledger {stack.ledger_url} --scope country:IN"
         )

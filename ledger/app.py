@@ -11,7 +11,7 @@ import contextlib
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import date
 from typing import Any
 
@@ -27,6 +27,7 @@ from gpucap.ledger.auditapi import audit_routes
 from gpucap.ledger.errors import AuthError, RejectedError, UnavailableError
 from gpucap.ledger.evaluations import View
 from gpucap.ledger.known import parse_known_at
+from gpucap.ledger.listeners import check_metrics_token
 from gpucap.ledger.logapi import log_routes
 from gpucap.ledger.models import Report, WhatIf, loc_path
 from gpucap.ledger.periodreport import report_routes
@@ -252,10 +253,17 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> FastAPI:
             return JSONResponse({"status": "not ready", "detail": str(exc)}, 503)
         return JSONResponse({"status": "ready"})
 
-    @app.get("/metrics")
-    def metrics() -> Response:
-        body, content_type = _metrics_body(get().snapshot)
-        return Response(body, media_type=content_type)
+    if settings.metrics_port is None:  # else /metrics is on its own listener (listeners.py)
+
+        @app.get("/metrics")
+        def metrics(request: Request) -> Response:
+            led = get()
+            try:
+                check_metrics_token(settings, request.headers.get("authorization"))
+            except AuthError as exc:
+                led.refuse(exc)
+                raise
+            return metrics_response(led)
 
     return app
 
@@ -301,7 +309,11 @@ def _headroom(
     view = led.view_known(day, parse_known_at(known_at))
     requested = None
     if scope:
-        requested = parse_request_scope(scope, view.index)
+        try:
+            requested = parse_request_scope(scope, view.index, principal.entity)
+        except AuthError as exc:
+            led.refuse(exc)
+            raise
         _visible(led, requested, principal, view.index)
     return view, requested
 
@@ -346,11 +358,13 @@ def led_evaluate(led: Ledger, fleet: Any, day: date) -> Any:
     return evaluate(fleet, led.pack(fleet.ruleset), day)
 
 
-def _metrics_body(snapshot: Callable[[], Any]) -> tuple[bytes, str]:
-    """The one place the exporter is wired in (exporters/ledger.py builds the families)."""
-    from gpucap.exporters.ledger import metrics_response
+def metrics_response(led: Ledger) -> Response:
+    """The Prometheus text of the latest snapshot: the one place the exporter is wired in
+    (exporters/ledger.py builds the families)."""
+    from gpucap.exporters.ledger import metrics_response as exposition
 
-    return metrics_response(snapshot)
+    body, content_type = exposition(led.snapshot)
+    return Response(body, media_type=content_type)
 
 
 class SnapshotRefresher:

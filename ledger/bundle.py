@@ -458,7 +458,7 @@ def export(
     size, entity = view.basis.log_size, principal.entity
     requested = None
     if scope:
-        requested = parse_request_scope(scope, view.index)
+        requested = parse_request_scope(scope, view.index, entity)
         require_visible(requested, entity, view.index)
         if requested[0] == "entity":
             entity = requested[1]  # a bundle for one entity holds nothing about the others

@@ -36,6 +36,13 @@ def register(subparsers: Any) -> None:
     serve.add_argument(
         "--workers", type=int, help="worker processes sharing the port and database (default 1)"
     )
+    serve.add_argument("--metrics-host", help="serve /metrics on this address instead")
+    serve.add_argument("--metrics-port", type=int, help="serve /metrics on this port only")
+    serve.add_argument(
+        "--limit-concurrency",
+        type=int,
+        help="connections and requests at once; beyond them a 503 (default 1000)",
+    )
     serve.add_argument(
         "--access-log",
         action="store_true",
@@ -57,6 +64,14 @@ def register(subparsers: Any) -> None:
     token.add_argument("--auditor", metavar="NAME", help="auditor name (reads everything)")
     token.add_argument("--revoke", metavar="ID", help="revoke the token with this id")
     token.add_argument("--by", help="who issues or revokes it (recorded; default cli)")
+    token.add_argument(
+        "--expires",
+        metavar="WHEN",
+        help="expiry: an RFC 3339 instant or a duration from now (90d, 12h); default never",
+    )
+    token.add_argument(
+        "--label", metavar="TEXT", help="free text kept with the token (at most 128 characters)"
+    )
     token.add_argument(
         "--list", action="store_true", help="list the issued tokens (never a token or its hash)"
     )
@@ -95,14 +110,17 @@ def register(subparsers: Any) -> None:
     decom.add_argument(
         "--dry-run",
         action="store_true",
-        help="say which node and how many present devices would be closed; change nothing",
+        help="say which node, how many present devices would be closed and how many tokens "
+        "revoked; change nothing",
     )
     decom.set_defaults(func=_decommission)
 
     nodes = sub.add_parser("nodes", help="list nodes: last contact, state and present devices")
     db_flag(nodes)
     nodes.add_argument(
-        "--ledger", help="read GET /v1/nodes from this ledger instead (token from GPUCAP_TOKEN)"
+        "--ledger",
+        help="read GET /v1/nodes from this ledger instead (token from GPUCAP_TOKEN; "
+        "GPUCAP_LEDGER alone does not switch from the database)",
     )
     nodes.add_argument("--site", help="only this site's nodes")
     nodes.add_argument("--format", choices=("table", "json", "csv"), default="table")
@@ -113,7 +131,7 @@ def register(subparsers: Any) -> None:
     audit_cli.register_ledger(sub, db_flag)
 
     headroom = subparsers.add_parser("headroom", help="ask a ledger how much headroom is left")
-    headroom.add_argument("--ledger", required=True, help="ledger base URL")
+    headroom.add_argument("--ledger", help="ledger base URL (default: GPUCAP_LEDGER)")
     headroom.add_argument("--scope", help="country:XX, entity:E or site:S")
     headroom.add_argument("--as-of", help="date YYYY-MM-DD (default: today)")
     headroom.add_argument(
@@ -123,7 +141,7 @@ def register(subparsers: Any) -> None:
     headroom.set_defaults(func=_headroom)
 
     whatif = subparsers.add_parser("whatif", help="would adding devices at a site be allowed?")
-    whatif.add_argument("--ledger", required=True, help="ledger base URL")
+    whatif.add_argument("--ledger", help="ledger base URL (default: GPUCAP_LEDGER)")
     whatif.add_argument("--site", required=True)
     whatif.add_argument("--model", required=True, help="catalogue model id")
     whatif.add_argument("--count", type=int, required=True)
@@ -137,7 +155,7 @@ def register(subparsers: Any) -> None:
     logp = subparsers.add_parser("log", help="verify a ledger's transparency log from outside")
     logsub = logp.add_subparsers(dest="log_command", metavar="SUBCOMMAND", required=True)
     lverify = logsub.add_parser("verify", help="check the signed checkpoint and its consistency")
-    lverify.add_argument("--ledger", required=True, help="ledger base URL")
+    lverify.add_argument("--ledger", help="ledger base URL (default: GPUCAP_LEDGER)")
     lverify.add_argument("--key", required=True, help="the log's verifier key (NAME+ID+KEY)")
     lverify.add_argument(
         "--state", type=Path, help="directory of accepted checkpoints (kept between runs)"
@@ -163,11 +181,13 @@ def _store(args: argparse.Namespace) -> Any:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import logging
     import signal
     import threading
 
     import uvicorn
 
+    from gpucap.ledger import listeners
     from gpucap.ledger.app import create_app
     from gpucap.ledger.service import Ledger, serving_policy
     from gpucap.ledger.store import Store
@@ -179,6 +199,9 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         access_log=args.access_log,
+        limit_concurrency=args.limit_concurrency,
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
     )
     # Migrate and record the registry before serving, so that a bad file or an unreachable
     # database is one error line and exit 2/3, not a failed startup inside the server.
@@ -187,7 +210,14 @@ def _serve(args: argparse.Namespace) -> int:
     ledger.signer  # noqa: B018 (a bad GPUCAP_LOG_KEY_FILE or origin is exit 2 here, not at startup)
     if settings.registry is not None:
         ledger.load_registry_file(settings.registry)
-    options: dict[str, Any] = {"log_level": "info", "access_log": settings.access_log}
+    from gpucap.ledger.guard import guarded_protocol
+
+    options: dict[str, Any] = {
+        "log_level": "info",
+        "access_log": settings.access_log,
+        "http": guarded_protocol(settings.header_timeout_s, settings.body_timeout_s),
+        "limit_concurrency": settings.limit_concurrency,
+    }
     if settings.workers > 1:
         from gpucap.ledger import workers
 
@@ -201,8 +231,22 @@ def _serve(args: argparse.Namespace) -> int:
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, reload)
     serving_policy(ledger)
+    metrics = None
+    if settings.metrics_port is not None:
+        metrics = uvicorn.Config(
+            listeners.metrics_app(settings, lambda: ledger),
+            host=settings.metrics_host or settings.host,
+            port=settings.metrics_port,
+            **options,
+        )
+    if settings.metrics_token is None:
+        logging.getLogger("gpucap.ledger").warning(
+            "GPUCAP_METRICS_TOKEN is not set: whoever reaches /metrics reads the whole fleet"
+        )
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, **options)
+        listeners.run(
+            uvicorn.Config(app, host=settings.host, port=settings.port, **options), metrics
+        )
     finally:
         store.close()
     return 0
@@ -276,8 +320,17 @@ def _token(args: argparse.Namespace) -> int:
         raise InputError("--" + given[1], "give one of --node/--site, --operator or --auditor")
     kind = given[0] if given else "operator"
     subject = kinds[kind][1]
-    if not args.revoke:
+    expires_at = None
+    if args.revoke:
+        for flag, value in (("--expires", args.expires), ("--label", args.label)):
+            if value is not None:
+                raise InputError(flag, "only when issuing a token, not with --revoke")
+    else:
         tokens.check_subject(kind, **subject)
+        if args.label is not None:
+            tokens.check_label(args.label)
+        if args.expires is not None:
+            expires_at = tokens.parse_expires(args.expires, utc_now())
     store = _store(args)
     try:
         if args.revoke:
@@ -286,7 +339,15 @@ def _token(args: argparse.Namespace) -> int:
             print(f"revoked {args.revoke}")
             return 0
         token_id, token = tokens.issue(
-            store, kind, utc_now(), settings.secret, by=args.by or "cli", **subject
+            store,
+            kind,
+            utc_now(),
+            settings.secret,
+            by=args.by or "cli",
+            expires_at=expires_at,
+            label=args.label,
+            check_registry=True,
+            **subject,
         )
         _integrate(store, settings)
     finally:
@@ -308,6 +369,8 @@ def _token_list(args: argparse.Namespace) -> int:
         "--auditor": args.auditor,
         "--revoke": args.revoke,
         "--by": args.by,
+        "--expires": args.expires,
+        "--label": args.label,
     }
     for flag, value in flags.items():
         if value is not None:
@@ -378,20 +441,24 @@ def _decommission(args: argparse.Namespace) -> int:
     store = _store(args)
     try:
         if args.dry_run:
-            n = ingest.decommission_preview(store, args.node, utc_now())
-            print(f"node {args.node} would be decommissioned; {n} devices would be closed")
+            n, revoked = ingest.decommission_preview(store, args.node, utc_now())
+            print(
+                f"node {args.node} would be decommissioned; {n} devices would be closed; "
+                f"{revoked} tokens would be revoked"
+            )
             return 0
         actor = f"operator:{args.by}"
-        n = ingest.decommission(store, args.node, utc_now(), actor, args.reason)
+        n, revoked = ingest.decommission(store, args.node, utc_now(), actor, args.reason)
         _integrate(store, _settings(args))
     finally:
         store.close()
-    print(f"node {args.node} decommissioned; {n} devices closed")
+    print(f"node {args.node} decommissioned; {n} devices closed; {revoked} tokens revoked")
     return 0
 
 
 def _nodes(args: argparse.Namespace) -> int:
-    """`ledger nodes`: the GET /v1/nodes answer, from the database (--db) or a ledger."""
+    """`ledger nodes`: the GET /v1/nodes answer, from the database (--db) or a ledger (only an
+    explicit --ledger: GPUCAP_LEDGER, set for the other client commands, must not switch it)."""
     from gpucap.ledger import listings
 
     if args.ledger is not None:
@@ -419,11 +486,12 @@ def _nodes(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    """The operators' client, after checking the flags a ledger would refuse (exit 2)."""
+    """The operators' client, after checking the flags a ledger would refuse (exit 2); the URL
+    is `--ledger`, else GPUCAP_LEDGER."""
     from gpucap.core.data import parse_day
-    from gpucap.ledger.client import LedgerClient, base_url
+    from gpucap.ledger.client import LedgerClient, ledger_url
 
-    base_url(args.ledger, "--ledger")
+    url = ledger_url(args.ledger, os.environ)
     if args.as_of is not None:
         try:
             parse_day(args.as_of)
@@ -432,7 +500,7 @@ def _client(args: argparse.Namespace) -> Any:
     token = os.environ.get("GPUCAP_TOKEN")
     if not token:
         raise InputError("GPUCAP_TOKEN", "set it to an operator token (gpucap ledger token)")
-    return LedgerClient(args.ledger, token)
+    return LedgerClient(url, token)
 
 
 def _headroom(args: argparse.Namespace) -> int:
@@ -497,15 +565,15 @@ def _whatif(args: argparse.Namespace) -> int:
 
 def _log_verify(args: argparse.Namespace) -> int:
     from gpucap.ledger import auditor, note
-    from gpucap.ledger.client import LedgerClient, base_url
+    from gpucap.ledger.client import LedgerClient, ledger_url
     from gpucap.ledger.errors import VerificationError
 
-    base_url(args.ledger, "--ledger")
+    url = ledger_url(args.ledger, os.environ)
     key = note.parse_verifier_key(args.key, "--key")
     token = os.environ.get("GPUCAP_TOKEN")
     if not token:
         raise InputError("GPUCAP_TOKEN", "set it to an auditor or operator token")
-    client = LedgerClient(args.ledger, token)
+    client = LedgerClient(url, token)
     try:
         outcome = auditor.verify(client.fetch, key, args.state, args.entries)
     except VerificationError as exc:

@@ -185,6 +185,9 @@ def report_answer(
     Every step comes from one version of the record: a write that changes it while the period
     is evaluated starts the evaluation again (`_PASSES` at most; the last one stands).
     """
+    from gpucap.ledger.views import normal_scope
+
+    scope = normal_scope(scope) if scope else scope  # `country:ae` is reported as `country:AE`
     for _ in range(_PASSES):
         version = led.store.state().projection_version
         answers, last = _answers(led, principal, scope or None, period.days, known)
@@ -210,7 +213,11 @@ def _answers(
         view = led.view_known(day, known)
         if scope is not None and view.index is not index:  # one index per registry
             index = view.index
-            requested = parse_request_scope(scope, view.index)
+            try:
+                requested = parse_request_scope(scope, view.index, principal.entity)
+            except AuthError as exc:
+                led.refuse(exc)
+                raise
             try:
                 require_visible(requested, principal.entity, view.index)
             except AuthError as exc:
@@ -338,7 +345,7 @@ def register(subparsers: Any) -> None:
         description="Exit 0: nothing visible breached in any step; 1: a breach; 2: invalid "
         "input; 3: refused or unreachable.",
     )
-    report.add_argument("--ledger", required=True, help="ledger base URL")
+    report.add_argument("--ledger", help="ledger base URL (default: GPUCAP_LEDGER)")
     report.add_argument("--scope", help="country:XX, entity:E or site:S")
     report.add_argument(
         "--from", dest="start", metavar="D1", required=True, help="first date YYYY-MM-DD"
@@ -360,9 +367,9 @@ def register(subparsers: Any) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from gpucap.ledger.client import LedgerClient, base_url
+    from gpucap.ledger.client import LedgerClient, ledger_url
 
-    base_url(args.ledger, "--ledger")
+    url = ledger_url(args.ledger, os.environ)
     from gpucap.ledger.audit_cli import known_at_param
 
     parse_period(args.start, args.end, args.step, prefix="--")  # exit 2 before any request
@@ -371,7 +378,7 @@ def _report(args: argparse.Namespace) -> int:
     if not token:
         raise InputError("GPUCAP_TOKEN", "set it to an operator or auditor token")
     # A long period over a large fleet is many evaluations: wait longer than for one answer.
-    client = LedgerClient(args.ledger, token, timeout_s=600.0)
+    client = LedgerClient(url, token, timeout_s=600.0)
     try:
         answer = client.report(args.start, args.end, args.step, args.scope, known)
     finally:

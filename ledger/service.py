@@ -220,6 +220,8 @@ class Ledger:
                 if len(self._verified) >= _VERIFIED_TOKENS:
                     self._verified.clear()
                 self._verified[token] = principal  # the same bytes verify the same way
+            if principal.expires_at is not None:  # on every request, cached or not
+                tokens.check_expiry(principal, self.now())
             if self.revocations.is_revoked(principal.token_id):
                 raise AuthError(401, "revoked", f"token {principal.token_id} was revoked")
             if principal.kind not in kinds:
@@ -390,7 +392,8 @@ class Ledger:
 
     def _require_site(self, index: FleetIndex, principal: tokens.Principal, site: str) -> None:
         try:
-            require_visible(parse_request_scope(f"site:{site}", index), principal.entity, index)
+            requested = parse_request_scope(f"site:{site}", index, principal.entity)
+            require_visible(requested, principal.entity, index)
         except AuthError as exc:
             self.refuse(exc)
             raise
@@ -442,6 +445,9 @@ class Ledger:
                     headroom_tpp=float(c.headroom_tpp),
                     breached=c.status == "breach",
                     limit_tpp=None if c.limit_tpp is None else float(c.limit_tpp),
+                    kind=c.kind,
+                    share=None if c.share is None else float(c.share),
+                    limit_share=None if c.limit_share is None else float(c.limit_share),
                 )
                 for c in ev.checks
             ),

@@ -40,6 +40,12 @@ class Settings:
     stale_intervals: float = 3.0  # a node silent for this many intervals is stale
     revocation_ttl_s: float = 5.0  # how long a process trusts its cached revocation list
     max_body_bytes: int = 4 * 1024 * 1024
+    header_timeout_s: float = 10.0  # a request's headers must arrive within this (slow clients)
+    body_timeout_s: float = 30.0  # and its body within this, once the headers are in
+    limit_concurrency: int = 1000  # connections and requests at once; beyond: 503
+    metrics_token: str | None = None  # bearer token a /metrics scrape must carry; None: none
+    metrics_host: str | None = None  # the metrics listener's address (None: the API's host)
+    metrics_port: int | None = None  # serve /metrics here only; None: on the API's port
     sqlite_synchronous: str = "FULL"  # FULL: a commit is on disk before the reply
     log_origin: str | None = None  # checkpoint origin and key name; None: from the ledger's id
     log_key_file: Path | None = None  # Ed25519 PEM key; None: the key kept in the database
@@ -62,6 +68,8 @@ class Settings:
             "GPUCAP_LEDGER_SECRET": "secret",
             "GPUCAP_SQLITE_SYNCHRONOUS": "sqlite_synchronous",
             "GPUCAP_LOG_ORIGIN": "log_origin",
+            "GPUCAP_METRICS_TOKEN": "metrics_token",
+            "GPUCAP_LEDGER_METRICS_HOST": "metrics_host",
         }
         for var, name in text.items():
             if environ.get(var):
@@ -77,6 +85,10 @@ class Settings:
             "GPUCAP_STALE_INTERVALS": ("stale_intervals", float),
             "GPUCAP_REVOCATION_TTL_S": ("revocation_ttl_s", float),
             "GPUCAP_MAX_BODY_BYTES": ("max_body_bytes", int),
+            "GPUCAP_LEDGER_HEADER_TIMEOUT_S": ("header_timeout_s", float),
+            "GPUCAP_LEDGER_BODY_TIMEOUT_S": ("body_timeout_s", float),
+            "GPUCAP_LEDGER_LIMIT_CONCURRENCY": ("limit_concurrency", int),
+            "GPUCAP_LEDGER_METRICS_PORT": ("metrics_port", int),
             "GPUCAP_LOG_INTEGRATE_INTERVAL_S": ("log_integrate_interval_s", float),
             "GPUCAP_LOG_CHECKPOINT_KEEP_S": ("log_checkpoint_keep_s", float),
         }
@@ -97,6 +109,24 @@ class Settings:
             values["access_log"] = flag in ("1", "true", "yes", "on")
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = replace(base, **values)
+        if not 1 <= settings.port <= 65535:
+            raise InputError("--port", f"must be a TCP port, 1 to 65535, got {settings.port}")
+        if settings.metrics_port is not None and not 1 <= settings.metrics_port <= 65535:
+            raise InputError(
+                "--metrics-port", f"must be a TCP port, 1 to 65535, got {settings.metrics_port}"
+            )
+        if settings.metrics_port is not None and settings.metrics_port == settings.port:
+            raise InputError("--metrics-port", "must differ from --port")
+        if settings.metrics_token is not None and len(settings.metrics_token) < 16:
+            raise InputError("GPUCAP_METRICS_TOKEN", "must be at least 16 characters")
+        for name, flag in (
+            ("header_timeout_s", "GPUCAP_LEDGER_HEADER_TIMEOUT_S"),
+            ("body_timeout_s", "GPUCAP_LEDGER_BODY_TIMEOUT_S"),
+        ):
+            if getattr(settings, name) <= 0:
+                raise InputError(flag, "must be above 0 seconds")
+        if settings.limit_concurrency < 1:
+            raise InputError("--limit-concurrency", "must be at least 1")
         if settings.workers < 1:
             raise InputError("--workers", f"must be at least 1, got {settings.workers}")
         origin = settings.log_origin

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import date
 from fractions import Fraction
-from typing import Any
+from typing import Any, NoReturn
 
 from gpucap.core.catalogue import Catalogue
 from gpucap.core.classify import INDETERMINATE, classify
@@ -38,6 +38,13 @@ def scope_parts(scope: str) -> dict[str, str]:
         kind, _, value = part.partition(":")
         parts[kind] = value
     return parts
+
+
+def normal_scope(scope: str) -> str:
+    """`scope` with its country codes upper-cased (`entity:E/country:ae` -> `.../country:AE`),
+    as the engine writes them."""
+    parts = scope.split("/")
+    return "/".join("country:" + p[8:].upper() if p.startswith("country:") else p for p in parts)
 
 
 @dataclass(frozen=True)
@@ -98,23 +105,41 @@ def can_see(scope: str, entity: str | None, index: FleetIndex) -> bool:
     return False
 
 
-def parse_request_scope(scope: str, index: FleetIndex) -> tuple[str, str]:
+def parse_request_scope(
+    scope: str, index: FleetIndex, entity: str | None = None
+) -> tuple[str, str]:
     """Validate a requested scope; RejectedError (422) when it names nothing in the registry.
 
     A country is answered as the country the rule pack treats it as: `country:HK` is
-    `country:CN`, whose checks bind a site in HK.
+    `country:CN`, whose checks bind a site in HK. Its code is case-insensitive (`country:ae`).
+    For an operator limited to `entity`, a scope that names nothing is refused exactly like one
+    it may not see (403): otherwise the difference would tell it which other entities, sites and
+    countries exist.
     """
     kind, sep, value = scope.partition(":")
     if not sep or kind not in ("country", "entity", "site") or not value:
         raise RejectedError("scope", "expected country:XX, entity:E or site:S")
     if kind == "country":
+        value = value.upper()
         if value not in index.countries:
-            raise RejectedError("scope", f"no site in country {value!r} in the registry")
+            _unknown(entity, kind, value, f"no site in country {value!r} in the registry")
         return kind, index.countries[value]
     known = index.entities if kind == "entity" else index.sites
     if value not in known:
-        raise RejectedError("scope", f"no {kind} {value!r} in the registry")
+        _unknown(entity, kind, value, f"no {kind} {value!r} in the registry")
     return kind, value
+
+
+def _unknown(entity: str | None, kind: str, value: str, reason: str) -> NoReturn:
+    if entity is not None:
+        raise _forbidden(entity, kind, value)
+    raise RejectedError("scope", reason)
+
+
+def _forbidden(entity: str, kind: str, value: str) -> AuthError:
+    return AuthError(
+        403, "scope_forbidden", f"operator token for {entity!r} may not see {kind}:{value}"
+    )
 
 
 def matches(scope: str, requested: tuple[str, str], index: FleetIndex) -> bool:
@@ -149,9 +174,7 @@ def require_visible(requested: tuple[str, str], entity: str | None, index: Fleet
     else:
         ok = value in index.entity_countries.get(entity, frozenset())
     if not ok:
-        raise AuthError(
-            403, "scope_forbidden", f"operator token for {entity!r} may not see {kind}:{value}"
-        )
+        raise _forbidden(entity, kind, value)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,10 @@ def serve(
     import uvicorn
 
     sock = uvicorn.Config("unused:app", host=settings.host, port=settings.port).bind_socket()
+    msock = None
+    if settings.metrics_port is not None:
+        host = settings.metrics_host or settings.host
+        msock = uvicorn.Config("unused:app", host=host, port=settings.metrics_port).bind_socket()
     ledger.store.close()  # the workers open their own connections and writer-lock file
     alive: set[int] = set()
     for _ in range(settings.workers):
@@ -46,7 +50,7 @@ def serve(
         if pid == 0:  # the worker: never returns into the supervisor's code
             code = 1
             try:
-                code = _worker(settings, sock, uvicorn_options)
+                code = _worker(settings, sock, msock, uvicorn_options)
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()
@@ -81,13 +85,21 @@ def serve(
                 stop()
     finally:
         sock.close()
+        if msock is not None:
+            msock.close()
         ledger.store.close()
     return code
 
 
-def _worker(settings: Settings, sock: socket.socket, uvicorn_options: dict[str, Any]) -> int:
+def _worker(
+    settings: Settings,
+    sock: socket.socket,
+    msock: socket.socket | None,
+    uvicorn_options: dict[str, Any],
+) -> int:
     import uvicorn
 
+    from gpucap.ledger import listeners
     from gpucap.ledger.app import create_app
     from gpucap.ledger.store import Store
 
@@ -99,7 +111,13 @@ def _worker(settings: Settings, sock: socket.socket, uvicorn_options: dict[str, 
         ledger = Ledger(settings, store)
         app = create_app(replace(settings, registry=None), ledger)
         serving_policy(ledger)
-        uvicorn.Server(uvicorn.Config(app, **uvicorn_options)).run(sockets=[sock])
+        metrics = None
+        if msock is not None:
+            metrics = uvicorn.Config(
+                listeners.metrics_app(settings, lambda: ledger), **uvicorn_options
+            )
+        api = uvicorn.Config(app, **uvicorn_options)
+        listeners.run(api, metrics, [sock], None if msock is None else [msock])
     finally:
         store.close()
     return 0

@@ -115,12 +115,17 @@ def running_prometheus(
     ledger_targets: Sequence[str],
     interval_s: float = 1.0,
     ready_timeout_s: float = 30.0,
+    ledger_token: str | None = None,
 ) -> Iterator[PrometheusServer]:
     """Prometheus on a free loopback port with the shipped configuration and rules, pointed at
     the given `host:port` targets, scraping and evaluating every `interval_s`; stopped on exit."""
     binary = prometheus_binary()
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "prometheus.yml"
+    token_file = None
+    if ledger_token is not None:
+        token_file = workdir / "ledger-metrics-token"
+        token_file.write_text(ledger_token + "\n")
     config.write_text(
         render_prometheus_config(
             SHIPPED_CONFIG.read_text(),
@@ -128,6 +133,7 @@ def running_prometheus(
             ledger_targets=ledger_targets,
             rule_files=[str(SHIPPED_RULES)],
             scrape_interval_seconds=interval_s,
+            ledger_token_file=None if token_file is None else str(token_file),
         )
     )
     port = free_port()

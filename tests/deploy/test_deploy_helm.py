@@ -12,6 +12,7 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.conftest import in_ci
 from tests.deploy.deploy_testkit import DEPLOY, run
 
 CHART = DEPLOY / "helm" / "gpucap"
@@ -33,8 +34,11 @@ def _schema() -> dict[str, Any]:
 
 
 def _helm() -> str:
+    """helm: skip without it locally, fail under CI=true (.ci/run installs it)."""
     path = shutil.which("helm")
     if path is None:
+        if in_ci():
+            pytest.fail("helm is required under CI=true (.ci/run installs it from npm)")
         pytest.skip("helm not installed; the YAML-level tests cover the chart")
     return path
 
@@ -179,6 +183,18 @@ def test_helm_template_renders_every_object() -> None:
     assert dashboard["uid"] == "gpucap-fleet"
     for monitor in (doc for doc in docs if doc["kind"] == "ServiceMonitor"):
         assert monitor["spec"]["jobLabel"] == "gpucap.io/job"
+    # The ledger's fleet-wide metrics: the pod reads the token from the Secret, the ledger's
+    # ServiceMonitor sends it, the agents' (node-local metrics) does not.
+    ledger = by_kind["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    token = next(e for e in ledger["env"] if e["name"] == "GPUCAP_METRICS_TOKEN")
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "gpucap-metrics-token", "key": "token"}
+    monitors = {
+        doc["metadata"]["labels"]["app.kubernetes.io/component"]: doc["spec"]["endpoints"][0]
+        for doc in docs
+        if doc["kind"] == "ServiceMonitor"
+    }
+    assert monitors["ledger"]["authorization"]["credentials"]["name"] == "gpucap-metrics-token"
+    assert "authorization" not in monitors["agent"]
 
 
 def test_helm_template_without_the_operator_api_skips_its_objects() -> None:
@@ -190,3 +206,22 @@ def test_helm_template_refuses_to_render_without_a_site() -> None:
     result = run(_helm(), "template", "gpucap", str(CHART))
     assert result.returncode != 0
     assert "agent.site is required" in result.stderr
+
+
+def test_every_rendered_manifest_is_valid_kubernetes() -> None:
+    """Each core object the chart renders validates against the Kubernetes API schemas
+    (kubernetes-validate, strict: no unknown fields); the Prometheus operator's kinds are CRDs
+    the schemas do not hold, and are checked by the tests above."""
+    import kubernetes_validate
+
+    docs = _render("-f", str(CI_VALUES), "--api-versions", "monitoring.coreos.com/v1")
+    checked = 0
+    for doc in docs:
+        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue
+        try:
+            kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{doc['kind']} {doc['metadata']['name']}: {exc.message}")
+        checked += 1
+    assert checked == 6  # the ConfigMap, DaemonSet, Deployment, PVC and two Services

@@ -27,6 +27,8 @@ RULE_TESTS = sorted((PROM / "tests").glob("*.yml"))
 REQUIRED_ALERTS = {
     "GpucapCapHeadroomLow",
     "GpucapCapBreached",
+    "GpucapShareNearMaximum",
+    "GpucapShareNearMinimum",
     "GpucapAgentDown",
     "GpucapAgentCollectionStale",
     "GpucapGpuLost",
@@ -136,6 +138,7 @@ def test_shipped_config_passes_promtool(tmp_path: Path) -> None:
         (tmp_path / name).write_text((PROM / name).read_text())
     (tmp_path / "agents").mkdir()
     (tmp_path / "agents" / "fleet.yml").write_text('- targets: ["gpu-node-001:9470"]\n')
+    (tmp_path / "ledger-metrics-token").write_text("metrics-0123456789abcdef\n")
     result = run(promtool(), "check", "config", "prometheus.yml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "WARNING" not in result.stdout + result.stderr
@@ -148,7 +151,9 @@ def test_rendered_config_points_the_jobs_at_loopback(tmp_path: Path) -> None:
         ledger_targets=["127.0.0.1:18470"],
         rule_files=[str(ALERTS)],
         scrape_interval_seconds=0.5,
+        ledger_token_file=str(tmp_path / "token"),
     )
+    (tmp_path / "token").write_text("metrics-0123456789abcdef\n")
     config = yaml.safe_load(text)
     assert config["global"]["scrape_interval"] == "500ms"
     assert config["global"]["evaluation_interval"] == "500ms"
@@ -159,6 +164,10 @@ def test_rendered_config_points_the_jobs_at_loopback(tmp_path: Path) -> None:
     ]
     assert "file_sd_configs" not in jobs["gpucap-agent"]
     assert jobs["gpucap-ledger"]["static_configs"] == [{"targets": ["127.0.0.1:18470"]}]
+    assert jobs["gpucap-ledger"]["authorization"] == {
+        "type": "Bearer",
+        "credentials_file": str(tmp_path / "token"),
+    }
     path = tmp_path / "prometheus.yml"
     path.write_text(text)
     result = run(promtool(), "check", "config", str(path))

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 
 from gpucap.demo import DemoStack
@@ -59,6 +60,7 @@ def prometheus(stack: DemoStack, tmp_path: Path) -> Iterator[PrometheusServer]:
         agent_targets=[instance(url) for url in agents],
         ledger_targets=[instance(stack.ledger_url)],
         interval_s=1.0,
+        ledger_token=stack.metrics_token,
     ) as server:
         yield server
 
@@ -121,7 +123,11 @@ def test_prometheus_sees_headroom_breach_and_a_stopped_agent(
     kept = instance(stack.children[KEPT_AGENT].url)
     ledger = instance(stack.ledger_url)
 
-    # Every target is scraped.
+    # The ledger's fleet-wide metrics are refused to a scrape without the token.
+    refused = httpx.get(f"{stack.ledger_url}/metrics", timeout=10)
+    assert refused.status_code == 401, refused.text
+
+    # Every target is scraped (the ledger with the token, from the shipped configuration).
     prometheus.wait_for('up{job="gpucap-agent"} == 1', until=lambda r: len(r) == 2, timeout_s=30)
     prometheus.wait_for('up{job="gpucap-ledger"} == 1', timeout_s=30)
 

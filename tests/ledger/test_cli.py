@@ -17,6 +17,7 @@ from tests.ledger.support import (
     ledger_server,
     ledger_server_proc,
     log_kinds,
+    record_registry,
     report,
 )
 
@@ -29,7 +30,7 @@ def test_migrate_is_idempotent(db_url: str) -> None:
     for _ in range(2):
         proc = gpucap("ledger", "migrate", "--db", db_url)
         assert proc.returncode == 0, proc.stderr
-        assert "revision 0003" in proc.stdout
+        assert "revision 0004" in proc.stdout
 
 
 def test_token_input_errors_exit_2(db_url: str) -> None:
@@ -46,8 +47,8 @@ def test_token_input_errors_exit_2(db_url: str) -> None:
     assert "--revoke" in proc.stderr
 
 
-def test_token_is_printed_and_never_stored(db_url: str) -> None:
-    assert gpucap("ledger", "migrate", "--db", db_url).returncode == 0
+def test_token_is_printed_and_never_stored(db_url: str, registry_file: Path) -> None:
+    record_registry(db_url, registry_file)
     proc = gpucap("ledger", "token", "--db", db_url, "--operator", "alice", "--entity", "acme")
     assert proc.returncode == 0, proc.stderr
     token = proc.stdout.strip()
@@ -161,7 +162,7 @@ def test_sighup_rereads_the_registry(db_url: str, tmp_path: Path) -> None:
 def test_decommission_and_rebuild_commands(db_url: str, tmp_path: Path) -> None:
     registry = tmp_path / "registry.yaml"
     registry.write_text(REGISTRY, encoding="utf-8")
-    assert gpucap("ledger", "migrate", "--db", db_url).returncode == 0
+    record_registry(db_url, registry)
     tok = gpucap("ledger", "token", "--db", db_url, "--node", "n1", "--site", "acme-ae-1")
     admin = gpucap("ledger", "token", "--db", db_url, "--operator", "root").stdout.strip()
     with ledger_server(db_url, registry) as url:
@@ -173,14 +174,15 @@ def test_decommission_and_rebuild_commands(db_url: str, tmp_path: Path) -> None:
         assert r.json()["status"] == "accepted"
         proc = gpucap("ledger", "decommission", "--db", db_url, "--node", "n1", "--by", "alice")
         assert proc.returncode == 0, proc.stderr
-        assert "8 devices closed" in proc.stdout
+        assert "8 devices closed; 1 tokens revoked" in proc.stdout
         again = gpucap("ledger", "decommission", "--db", db_url, "--node", "n1")
         assert again.returncode == 2
         headers = {"Authorization": f"Bearer {admin}"}
         before = httpx.get(f"{url}/v1/headroom", headers=headers).json()
         rebuilt = gpucap("ledger", "rebuild", "--db", db_url)
         assert rebuilt.returncode == 0, rebuilt.stderr
-        assert "from 5 log entries" in rebuilt.stdout  # with the two token issues
+        # With the two token issues and the node token's revocation by the decommission.
+        assert "from 6 log entries" in rebuilt.stdout
         after = httpx.get(f"{url}/v1/headroom", headers=headers).json()
         # The same answer from the same log; only when it was generated differs.
         for answer in (before, after):
@@ -197,7 +199,7 @@ def test_serve_with_workers_accepts_reports_rereads_the_registry_and_stops(
 ) -> None:
     registry = tmp_path / "registry.yaml"
     registry.write_text(REGISTRY, encoding="utf-8")
-    assert gpucap("ledger", "migrate", "--db", db_url).returncode == 0
+    record_registry(db_url, registry)
     toks = {
         node: gpucap(
             "ledger", "token", "--db", db_url, "--node", node, "--site", "acme-ae-1"

@@ -311,3 +311,25 @@ def test_the_period_report_as_known_at_a_past_size(ledger: Ledger, clock: Clock)
     )
     assert again["steps"] == then["steps"]
     assert now["steps"] != then["steps"]
+
+
+@pytest.mark.parametrize(
+    ("exists", "missing"),
+    [
+        ("site:acme-ae-1", "site:acme-zz-9"),
+        ("entity:acme", "entity:ghost"),
+        ("country:US", "country:ZZ"),
+    ],
+)
+def test_a_scoped_operator_cannot_tell_what_exists_beyond_its_entity(
+    ledger: Ledger, exists: str, missing: str
+) -> None:
+    """Another entity's site and a site that does not exist are refused alike (403)."""
+    refusals = []
+    for scope in (exists, missing):
+        with pytest.raises(AuthError) as info:
+            headroom_answer(ledger, NIMBUS, scope, None)
+        refusals.append((info.value.status_code, info.value.reason))
+    assert refusals == [(403, "scope_forbidden")] * 2
+    with pytest.raises(RejectedError):  # an unscoped operator is told the scope names nothing
+        headroom_answer(ledger, ADMIN, missing, None)

@@ -71,6 +71,13 @@ app.kubernetes.io/component: {{ .component }}
       name: {{ .Values.ledger.signingSecret.existingSecret }}
       key: {{ .Values.ledger.signingSecret.key }}
 {{- end }}
+{{- if .Values.ledger.metricsToken.existingSecret }}
+- name: GPUCAP_METRICS_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.ledger.metricsToken.existingSecret }}
+      key: {{ .Values.ledger.metricsToken.key }}
+{{- end }}
 {{- if .Values.ledger.registryConfigMap }}
 - name: GPUCAP_REGISTRY
   value: /etc/gpucap/registry/registry.yaml
