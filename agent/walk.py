@@ -15,6 +15,7 @@ classifies every failure in one place:
 NVML strings are decoded as UTF-8 with U+FFFD for invalid bytes (`nvml_text`): a garbled
 serial is reported garbled, not fatal. Any other exception in a collection (a bug, a binding
 surprise) makes that one collection a degraded reading naming it; the daemon keeps running.
+It runs just past 400 lines: the walk and its one table of failures are read together.
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
 """The ledger's HTTP API (FastAPI). `create_app(settings)` does no work until startup.
 
 Errors map to HTTP status here and nowhere else: InputError -> 422 with `detail: [{path,
-reason}]`, AuthError -> its 401/403, UnavailableError -> 503.
+reason}]`, AuthError -> its 401/403, UnavailableError -> 503, a refused body -> 413/415.
+It is past 400 lines because the routes and the few functions they share (reading a JSON body,
+the headroom answer, the metrics refresh loop) are read together; the auditor's and the log's
+routes live in `auditapi.py` and `logapi.py`.
 """
 
 from __future__ import annotations

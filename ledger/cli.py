@@ -4,7 +4,9 @@ stacks lazily.
 
 Exit codes (see gpucap/cli.py): headroom 1 when a visible check is breached, whatif 1 when the
 change is not allowed; ledger verify 3 naming the first problem; log verify 1 when the log is
-inconsistent or a signature is bad, 3 when the ledger cannot be reached.
+inconsistent or a signature is bad, 3 when the ledger cannot be reached. The module is past
+400 lines because it holds every `gpucap ledger` admin command's flags and handler, each a
+few lines calling a use-case function; the auditor's commands are in `audit_cli.py`.
 """
 
 from __future__ import annotations
