@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -55,6 +56,12 @@ def prepared(node: str, seq: int, n: int = 8, **over: object) -> ingest.Prepared
     return ingest.prepare(Report.model_validate_json(json.dumps(body)), default_catalogue())
 
 
+def unvalidated(node: str, seq: int, **over: object) -> ingest.Prepared:
+    """A report the API would refuse, built past validation: what the database alone refuses."""
+    valid = prepared(node, seq)
+    return replace(valid, report=valid.report.model_copy(update=over))
+
+
 def test_batches_sharing_nodes_in_opposite_orders_never_deadlock(seeded: str) -> None:
     """Each round, two processes write [changed x, heartbeat y] and [heartbeat y, changed z]:
     node rows are locked in node order and the shared row last, so no round may fail."""
@@ -98,12 +105,13 @@ def test_batches_sharing_nodes_in_opposite_orders_never_deadlock(seeded: str) ->
 
 def test_a_report_the_database_refuses_fails_alone(seeded: str) -> None:
     """PostgreSQL text cannot hold NUL: that one report is refused (422, so the agent stops
-    retrying it), and the rest of its batch is stored."""
+    retrying it), and the rest of its batch is stored. (The API refuses NUL before it gets this
+    far; this is the last line of defence, for whatever else a database may refuse.)"""
     store = Store(seeded)
     try:
         batch = [
             prepared("a", 2, n=7),
-            prepared("b", 2, agent_version="0.1\u0000"),
+            unvalidated("b", 2, agent_version="0.1\u0000"),
             prepared("c", 2),
         ]
         results, appended = ingest.ingest_batch(store, batch, NOW, ingest.SiteCache())

@@ -408,7 +408,12 @@ def test_gpucap_report_against_a_real_server(db_url: str, tmp_path: Path) -> Non
             get("/v1/report", toks["acme"], **{**params, "scope": "entity:nimbus"}).status_code
             == 403
         )
-        unknown = cli("--scope", "entity:nobody")
+        # An entity-scoped token is refused an unknown scope as it is another entity's (it must
+        # not learn what exists); an unscoped one is told the scope names nothing.
+        probing = cli("--scope", "entity:nobody")
+        assert probing.returncode == 3
+        assert "may not see entity:nobody" in probing.stderr
+        unknown = cli("--scope", "entity:nobody", token=toks["admin"])
         assert unknown.returncode == 2
         assert unknown.stderr.startswith("gpucap: error: scope: ")
         for bad, field in (
