@@ -117,10 +117,12 @@ def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@functools.cache
 def ruleset_path(ruleset_id: str) -> Path:
     return shipped("rulesets", f"{ruleset_id}.yaml")
 
 
+@functools.cache
 def catalogue_paths() -> tuple[Path, Path]:
     """The catalogue and the control thresholds it classes devices with."""
     return shipped("catalogue.yaml"), shipped("eccn-3a090.yaml")
@@ -136,21 +138,53 @@ def ruleset_entry(state: RulesetState) -> dict[str, Any]:
     }
 
 
+class ProofCache:
+    """Roots and consistency proofs by (size, signed size): both are fixed once signed, so a
+    busy headroom route reads only the newest checkpoint per request."""
+
+    _KEPT = 64
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proofs: OrderedDict[tuple[int, int], tuple[str, list[str]]] = OrderedDict()
+
+    def get(self, conn: Connection, size: int, signed: int) -> tuple[str, list[str]]:
+        key = (size, signed)
+        with self._lock:
+            hit = self._proofs.get(key)
+        if hit is not None:
+            return hit
+        proof = log.consistency(conn, size, signed) if size <= signed else []
+        made = (
+            base64.b64encode(log.root_at(conn, size)).decode(),
+            [base64.b64encode(h).decode() for h in proof],
+        )
+        with self._lock:
+            self._proofs[key] = made
+            while len(self._proofs) > self._KEPT:
+                self._proofs.popitem(last=False)
+        return made
+
+
 def provenance(
-    conn: Connection, basis: Basis, rulesets: Sequence[RulesetState], generated_at: datetime
+    conn: Connection,
+    basis: Basis,
+    rulesets: Sequence[RulesetState],
+    generated_at: datetime,
+    proofs: ProofCache | None = None,
 ) -> dict[str, Any]:
     """The provenance block of an answer computed from `basis`, read in `conn`'s snapshot."""
     current = log.tree(conn)
     size = basis.log_size
-    proof = log.consistency(conn, size, current.size) if size <= current.size else []
+    root, proof = (proofs or ProofCache()).get(conn, size, current.size)
     catalogue, thresholds = catalogue_paths()
     out: dict[str, Any] = {
         "known_at": basis.known_at,
         "log_size": size,
-        "root_hash": base64.b64encode(log.root_at(conn, size)).decode(),
+        "root_hash": root,
         "checkpoint": current.note,
         "checkpoint_size": current.size,
-        "consistency_proof": [base64.b64encode(h).decode() for h in proof],
+        "consistency_proof": proof,
         "registry_digest": basis.registry_digest,
         "rulesets": [ruleset_entry(s) for s in rulesets],
         "catalogue_digest": file_digest(catalogue),

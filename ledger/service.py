@@ -38,7 +38,7 @@ from gpucap.ledger.evaluations import Evaluations, View, live_basis
 from gpucap.ledger.explainer import explain_answer
 from gpucap.ledger.ingest import Outcome, Prepared
 from gpucap.ledger.integrator import Integrator
-from gpucap.ledger.known import KnownAt, PastRecords, provenance, resolve
+from gpucap.ledger.known import KnownAt, PastRecords, ProofCache, provenance, resolve
 from gpucap.ledger.linecache import LineSet
 from gpucap.ledger.models import Report
 from gpucap.ledger.record import record_inventory
@@ -96,6 +96,7 @@ class Ledger:
         self.evaluations = Evaluations(store, self.registry, self.pack, self.now)
         # Evaluations of log prefixes, for answers with `known_at`.
         self.past = PastRecords(store, self.catalogue)
+        self._proofs = ProofCache()  # roots and consistency proofs the answers name
         # Per-process counters (the Prometheus convention for counters; sum across processes).
         self.reports_total: Counter[str] = Counter()
         self.auth_refusals_total: Counter[str] = Counter()
@@ -306,7 +307,9 @@ class Ledger:
     def provenance(self, view: View) -> dict[str, Any]:
         """The provenance block of an answer computed from `view`."""
         with self.store.read() as conn:
-            return provenance(conn, view.basis, [view.evaluation.ruleset], self.now())
+            return provenance(
+                conn, view.basis, [view.evaluation.ruleset], self.now(), self._proofs
+            )
 
     @property
     def freeze_evaluations(self) -> bool:
