@@ -307,9 +307,7 @@ class Ledger:
     def provenance(self, view: View) -> dict[str, Any]:
         """The provenance block of an answer computed from `view`."""
         with self.store.read() as conn:
-            return provenance(
-                conn, view.basis, [view.evaluation.ruleset], self.now(), self._proofs
-            )
+            return provenance(conn, view.basis, [view.evaluation.ruleset], self.now(), self._proofs)
 
     @property
     def freeze_evaluations(self) -> bool:
