@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from benchmarks import writepath as wp
 from gpucap.core.catalogue import default_catalogue
 from gpucap.ledger import bundle, ingest, log, note
 from gpucap.ledger.app import headroom_answer
@@ -55,23 +56,7 @@ def registry(sites: int) -> dict[str, Any]:
 
 
 def report(node: int, sites: int, seq: int, spare: int = 0) -> Report:
-    devices = [
-        {
-            "uuid": f"GPU-{node:06d}-{i + spare}",
-            "pci_device_id": "0x2330",
-            "pci_subsystem_id": "0x16c110de",
-            "name": "NVIDIA H100 80GB HBM3",
-            "serial": f"S{node:06d}{i + spare}",
-            "board_part_number": "692-2G520-0200-000",
-            "memory_total_bytes": 85899345920,
-            "mig_enabled": False,
-            "state": "ok",
-            "model": "h100-sxm5-80gb",
-            "tpp": 15832.0,
-            "h100e": 1.0,
-        }
-        for i in range(8)
-    ]
+    devices = [wp.device(node, i + spare) for i in range(8)]
     return Report.model_validate(
         {
             "schema": "gpucap.report/v1",

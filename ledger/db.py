@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from gpucap.ledger.fold import Change, DeviceFacts, DeviceRow
+from gpucap.ledger.fold import Change, DeviceFacts, DeviceRow, line_row
 from gpucap.ledger.store import HotSql
 from gpucap.ledger.tables import table
 
@@ -202,17 +202,7 @@ def write_lines(conn: Connection, change: Change, version: int) -> None:
     """Add the change's line deltas; rows carry the version this transaction commits and none
     is deleted (a line at count 0 stays as a tombstone, see `InventoryLine`)."""
     rows = [
-        {
-            "key": spec.key,
-            "site_id": spec.site_id,
-            "model": spec.model,
-            "tpp": spec.tpp,
-            "eccn_class": spec.eccn_class,
-            "installed": spec.installed,
-            "removed": spec.removed or None,
-            "count": delta,
-            "version": version,
-        }
+        {"key": spec.key, **line_row(spec, delta), "version": version}
         for spec, delta in sorted(change.line_deltas.items())
     ]
     if rows:

@@ -68,6 +68,19 @@ class LineSpec:
         )
 
 
+def line_row(spec: LineSpec, count: int) -> dict[str, object]:
+    """An aggregate line as an `inventory_line` row holds it (without its key and version)."""
+    return {
+        "site_id": spec.site_id,
+        "model": spec.model,
+        "tpp": spec.tpp,
+        "eccn_class": spec.eccn_class,
+        "installed": spec.installed,
+        "removed": spec.removed or None,
+        "count": count,
+    }
+
+
 @dataclass(frozen=True)
 class Change:
     """Rows to write and line counts to adjust; empty when the report changed nothing."""

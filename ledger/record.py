@@ -34,6 +34,7 @@ from gpucap.ledger.fold import (
     fold_decommission,
     fold_report,
     line_of,
+    line_row,
     resolve,
 )
 from gpucap.ledger.inventory import MAX_DEVICES
@@ -262,15 +263,7 @@ def record_inventory(
         }
     devices = [device_dict(node, row) for node, row in record.devices([site])]
     lines = [
-        {
-            "site_id": spec.site_id,
-            "model": spec.model,
-            "tpp": spec.tpp,
-            "eccn_class": spec.eccn_class,
-            "installed": spec.installed,
-            "removed": spec.removed or None,
-            "count": n,
-        }
+        line_row(spec, n)
         for spec, n in sorted(record.lines.items())
         if spec.site_id == site and n > 0
     ]
