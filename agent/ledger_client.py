@@ -6,11 +6,15 @@
 1xx, 3xx                    retried with backoff: the URL is wrong or behind a redirect (httpx
                             does not follow redirects for a POST), which an operator can fix
 other 4xx                   rejected for good: quarantined, the ledger's reason logged
+
+A TLS failure (an untrusted certificate, a plain-HTTP URL to an HTTPS ledger) is a network
+error: retried with backoff, its reason logged.
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +45,8 @@ def _reason(response: httpx.Response) -> str:
 
 
 class LedgerClient:
-    """POST {ledger}/v1/reports with a bearer token; `transport` is a seam for tests."""
+    """POST {ledger}/v1/reports with a bearer token; `verify` is what an https:// ledger's
+    certificate is checked with (True: the system's store); `transport` is a seam for tests."""
 
     def __init__(
         self,
@@ -51,11 +56,13 @@ class LedgerClient:
         timeout_seconds: float = 10.0,
         agent_version: str = "",
         transport: httpx.BaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self._url = base_url.rstrip("/") + "/v1/reports"
         self._client = httpx.Client(
             timeout=timeout_seconds,
             transport=transport,
+            verify=verify,
             headers={
                 "Authorization": f"Bearer {token}",
                 "User-Agent": f"gpucap-agent/{agent_version}",

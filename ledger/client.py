@@ -5,15 +5,24 @@ InputError (exit 2), 401/403/5xx, redirects (never followed: the token must not 
 address) and connection failures -> UnavailableError (exit 3). So is an answer that is not what
 the command reads: not JSON (a proxy's HTML page), or JSON of another shape (`SHAPES`, checked
 where the answer is parsed). `transport` lets a test hand in any httpx transport.
+
+Every client command takes `--token-file` and `--ca-file` (`add_client_flags`), and `connect`
+resolves them: the token from `--token-file`, else GPUCAP_TOKEN_FILE, else GPUCAP_TOKEN (both
+variables set is exit 2: one of them would be ignored); the CA bundle from `--ca-file`, else
+GPUCAP_CA_FILE, else the system's. A certificate that fails verification is exit 3, one line.
 """
 
 from __future__ import annotations
 
+import argparse
+import ssl
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import httpx
 
+from gpucap.core.credfiles import client_context, read_secret
 from gpucap.core.errors import InputError
 from gpucap.ledger.errors import UnavailableError
 
@@ -38,6 +47,79 @@ def ledger_url(flag: str | None, environ: Mapping[str, str]) -> str:
     if not value:
         raise InputError("--ledger", "give --ledger URL or set GPUCAP_LEDGER")
     return base_url(value, "GPUCAP_LEDGER")
+
+
+def add_client_flags(parser: argparse.ArgumentParser) -> None:
+    """`--token-file` and `--ca-file`, on every command that talks to a ledger."""
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help="file holding the bearer token (default: GPUCAP_TOKEN_FILE, else GPUCAP_TOKEN)",
+    )
+    parser.add_argument(
+        "--ca-file",
+        type=Path,
+        metavar="FILE",
+        help="PEM CA bundle an https:// ledger's certificate must chain to, instead of the "
+        "system's (default: GPUCAP_CA_FILE)",
+    )
+
+
+def client_token(token_file: Path | None, environ: Mapping[str, str], purpose: str) -> str:
+    """The bearer token: `--token-file`, else GPUCAP_TOKEN_FILE, else GPUCAP_TOKEN; `purpose`
+    says which token the command needs, in the error when none is given."""
+    if token_file is not None:
+        return read_secret(token_file, "--token-file")
+    named = environ.get("GPUCAP_TOKEN_FILE")
+    if named:
+        if environ.get("GPUCAP_TOKEN"):
+            raise InputError("GPUCAP_TOKEN_FILE", "set GPUCAP_TOKEN or GPUCAP_TOKEN_FILE, not both")
+        return read_secret(Path(named), "GPUCAP_TOKEN_FILE")
+    token = environ.get("GPUCAP_TOKEN")
+    if not token:
+        raise InputError(
+            "GPUCAP_TOKEN", f"set it, or GPUCAP_TOKEN_FILE or --token-file, to {purpose}"
+        )
+    return token
+
+
+def trust(ca_file: Path | None, environ: Mapping[str, str]) -> ssl.SSLContext | bool:
+    """What verifies an https:// ledger: `--ca-file`, else GPUCAP_CA_FILE, else True (httpx's
+    default store, which honours SSL_CERT_FILE)."""
+    if ca_file is not None:
+        return client_context(ca_file, "--ca-file")
+    named = environ.get("GPUCAP_CA_FILE")
+    return client_context(Path(named), "GPUCAP_CA_FILE") if named else True
+
+
+def connect(
+    args: argparse.Namespace,
+    url: str,
+    environ: Mapping[str, str],
+    purpose: str,
+    timeout_s: float = 30.0,
+) -> LedgerClient:
+    """The client of a command that took `add_client_flags`; the token is checked before the
+    CA bundle, and both before any connection."""
+    token = client_token(args.token_file, environ, purpose)
+    return LedgerClient(url, token, timeout_s=timeout_s, verify=trust(args.ca_file, environ))
+
+
+def _failure(exc: httpx.HTTPError, base: str) -> str:
+    """Why a request got no answer, on one line, with the likely fix for TLS mistakes."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return (
+                f"the TLS certificate of {base} is not trusted ({cause.verify_message}): "
+                "give --ca-file or GPUCAP_CA_FILE with the CA that signed it"
+            )
+        cause = cause.__cause__ or cause.__context__
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if base.startswith("http://") and isinstance(exc, httpx.RemoteProtocolError):
+        return f"cannot reach {base}: {text} (does the ledger serve https://?)"
+    return f"cannot reach {base}: {text}"
 
 
 # What each command reads of an answer. A dict names keys that must be present, each with a
@@ -195,12 +277,14 @@ class LedgerClient:
         token: str,
         timeout_s: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self._http = httpx.Client(
             base_url=base_url(url),
             headers={"Authorization": f"Bearer {token}"},
             timeout=timeout_s,
             transport=transport,
+            verify=verify,
         )
         self._base = str(self._http.base_url).rstrip("/")
 
@@ -232,7 +316,7 @@ class LedgerClient:
         try:
             return self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise UnavailableError("ledger", f"cannot reach {self._base}: {exc}") from exc
+            raise UnavailableError("ledger", _failure(exc, self._base)) from exc
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         """The answer of `path`, checked against what its command reads (`SHAPES`)."""

@@ -181,11 +181,10 @@ def test_helm_template_renders_every_object() -> None:
     assert dashboard["uid"] == "gpucap-fleet"
     for monitor in (doc for doc in docs if doc["kind"] == "ServiceMonitor"):
         assert monitor["spec"]["jobLabel"] == "gpucap.io/job"
-    # The ledger's fleet-wide metrics: the pod reads the token from the Secret, the ledger's
-    # ServiceMonitor sends it, the agents' (node-local metrics) does not.
-    ledger = by_kind["Deployment"]["spec"]["template"]["spec"]["containers"][0]
-    token = next(e for e in ledger["env"] if e["name"] == "GPUCAP_METRICS_TOKEN")
-    assert token["valueFrom"]["secretKeyRef"] == {"name": "gpucap-metrics-token", "key": "token"}
+    # The ledger's fleet-wide metrics: the pod reads the token from the Secret, mounted as a
+    # file, the ledger's ServiceMonitor sends it, the agents' (node-local metrics) does not.
+    ledger = by_kind["Deployment"]["spec"]["template"]["spec"]
+    assert _secret_file(ledger, "GPUCAP_METRICS_TOKEN_FILE") == ("gpucap-metrics-token", "token")
     monitors = {
         doc["metadata"]["labels"]["app.kubernetes.io/component"]: doc["spec"]["endpoints"][0]
         for doc in docs
@@ -193,6 +192,74 @@ def test_helm_template_renders_every_object() -> None:
     }
     assert monitors["ledger"]["authorization"]["credentials"]["name"] == "gpucap-metrics-token"
     assert "authorization" not in monitors["agent"]
+
+
+def _secret_file(pod: dict[str, Any], variable: str) -> tuple[str, str | None]:
+    """(Secret, key) of the file that `variable` names in the pod's first container: found
+    through its volume mount; the key is None for a whole-Secret volume (one file per key)."""
+    container = pod["containers"][0]
+    path = next(e["value"] for e in container["env"] if e["name"] == variable)
+    mount = next(m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
+    assert mount.get("readOnly") is True
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])["secret"]
+    name = path.removeprefix(mount["mountPath"] + "/")
+    if "items" not in volume:
+        return volume["secretName"], None
+    keys = [item["key"] for item in volume["items"] if item["path"] == name]
+    assert len(keys) == 1, f"{variable}: {name} is not an item of {volume['secretName']}"
+    return volume["secretName"], keys[0]
+
+
+def _secret_leaks(docs: list[dict[str, Any]]) -> list[str]:
+    """Containers that would carry a token in their arguments or environment: a token-like
+    argument, a secret's variable set directly, or any variable but the database URL read from a
+    Secret (an environment is visible to whatever the process starts and in its /proc)."""
+    found = []
+    for doc in docs:
+        spec = doc.get("spec", {}).get("template", {}).get("spec", {})
+        for container in spec.get("initContainers", []) + spec.get("containers", []):
+            where = f"{doc['kind']} {container['name']}"
+            args = " ".join(container.get("args", []) + container.get("command", []))
+            if re.search(r"token|secret|bearer", args, re.IGNORECASE):
+                found.append(f"{where}: args {args}")
+            for env in container.get("env", []):
+                if env["name"] in ("GPUCAP_TOKEN", "GPUCAP_METRICS_TOKEN", "GPUCAP_LEDGER_SECRET"):
+                    found.append(f"{where}: {env['name']}")
+                elif "secretKeyRef" in env.get("valueFrom", {}) and env["name"] != "GPUCAP_DB":
+                    found.append(f"{where}: {env['name']} from a Secret")
+    return found
+
+
+def test_tokens_reach_the_pods_as_files_only() -> None:
+    docs = _render(
+        "-f", str(CI_VALUES), "--set", "ledger.signingSecret.existingSecret=gpucap-signing"
+    )
+    assert _secret_leaks(docs) == []
+    by_kind = {doc["kind"]: doc for doc in docs}
+    agent = by_kind["DaemonSet"]["spec"]["template"]["spec"]
+    # Each node reads its own file of the tokens Secret (one key per node name).
+    env = {e["name"]: e for e in agent["containers"][0]["env"]}
+    assert env["GPUCAP_TOKEN_FILE"]["value"] == "/etc/gpucap/node-tokens/$(NODE_NAME)"
+    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    assert "GPUCAP_CONFIG" not in env
+    assert _secret_file(agent, "GPUCAP_TOKEN_FILE") == ("gpucap-node-tokens", None)
+    ledger = by_kind["Deployment"]["spec"]["template"]["spec"]
+    assert _secret_file(ledger, "GPUCAP_LEDGER_SECRET_FILE") == ("gpucap-signing", "secret")
+    assert _secret_file(ledger, "GPUCAP_METRICS_TOKEN_FILE") == ("gpucap-metrics-token", "token")
+    # The migrate init container reads the same files (it signs with the same secret).
+    migrate = {e["name"] for e in ledger["initContainers"][0]["env"]}
+    assert {"GPUCAP_LEDGER_SECRET_FILE", "GPUCAP_METRICS_TOKEN_FILE"} <= migrate
+
+
+def test_the_leak_check_notices_a_token_in_the_environment_or_the_args() -> None:
+    docs = _render("-f", str(CI_VALUES))
+    agent = next(d for d in docs if d["kind"] == "DaemonSet")
+    container = agent["spec"]["template"]["spec"]["containers"][0]
+    container["env"].append(
+        {"name": "GPUCAP_API", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}
+    )
+    container["args"].extend(["--token", "gpc1.x.y"])
+    assert len(_secret_leaks([agent])) == 2
 
 
 def test_helm_template_without_the_operator_api_skips_its_objects() -> None:

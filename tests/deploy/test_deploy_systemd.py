@@ -125,3 +125,82 @@ def test_ledger_unit_runs_the_ledger_unprivileged_and_hardened() -> None:
     assert "@system-service" in service["SystemCallFilter"]
     assert "AF_INET" in service["RestrictAddressFamilies"][0].split()
     assert unit["Install"]["WantedBy"] == ["multi-user.target"]
+
+
+_SECRETS = ("GPUCAP_TOKEN", "GPUCAP_METRICS_TOKEN", "GPUCAP_LEDGER_SECRET")
+_EXEC = ("ExecStart", "ExecStartPre", "ExecReload")
+
+
+def _environment(service: dict[str, list[str]]) -> dict[str, str]:
+    """The unit's Environment= assignments (several may share one line)."""
+    items = [item for line in service.get("Environment", []) for item in line.split()]
+    return {key: value for key, _, value in (item.partition("=") for item in items)}
+
+
+def _credentials(service: dict[str, list[str]]) -> dict[str, str]:
+    """LoadCredential=NAME:PATH as {NAME: PATH}."""
+    return dict(line.partition(":")[::2] for line in service.get("LoadCredential", []))
+
+
+def _leaks(service: dict[str, list[str]]) -> list[str]:
+    """Where a unit would show a secret: a command line (`ps`), an Environment= value, or a
+    *_FILE variable naming a credential the unit does not load."""
+    found = [
+        f"{key}={command}"
+        for key in _EXEC
+        for command in service.get(key, [])
+        if re.search(r"--token\b|TOKEN|SECRET|Bearer", command, re.IGNORECASE)
+    ]
+    environment = _environment(service)
+    found += [f"Environment={name}" for name in _SECRETS if name in environment]
+    found += [
+        f"Environment={name}={value}"
+        for name, value in environment.items()
+        if value.startswith("%d/") and value.removeprefix("%d/") not in _credentials(service)
+    ]
+    return found
+
+
+@pytest.mark.parametrize(
+    ("unit", "variable", "source"),
+    [
+        ("gpucap-agent.service", "GPUCAP_TOKEN_FILE", "/etc/gpucap/agent.token"),
+        ("gpucap-ledger.service", "GPUCAP_METRICS_TOKEN_FILE", "/etc/gpucap/ledger-metrics-token"),
+    ],
+)
+def test_units_hand_secrets_over_as_credentials(unit: str, variable: str, source: str) -> None:
+    service = _unit(SYSTEMD / unit)["Service"]
+    value = _environment(service)[variable]
+    assert value.startswith("%d/"), f"{variable} must name a file in the credentials directory"
+    assert _credentials(service)[value.removeprefix("%d/")] == source
+
+
+@pytest.mark.parametrize("unit", sorted(p.name for p in SYSTEMD.glob("*.service")))
+def test_no_unit_puts_a_token_on_a_command_line_or_in_its_environment(unit: str) -> None:
+    service = _unit(SYSTEMD / unit)["Service"]
+    assert service["ExecStart"], "no command found; the parse is broken"
+    assert _leaks(service) == []
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("GPUCAP_TOKEN_FILE=%d/gpucap-token", "GPUCAP_TOKEN=gpc1.x.y"),
+        ("GPUCAP_TOKEN_FILE=%d/gpucap-token", "GPUCAP_TOKEN_FILE=%d/elsewhere"),
+        ("ExecStart=/usr/bin/gpucap agent run", "ExecStart=/usr/bin/gpucap agent run --token t"),
+    ],
+)
+def test_the_leak_check_notices_a_token_where_ps_shows_it(
+    tmp_path: Path, old: str, new: str
+) -> None:
+    text = (SYSTEMD / "gpucap-agent.service").read_text()
+    assert old in text
+    unit = tmp_path / "bad.service"
+    unit.write_text(text.replace(old, new))
+    assert len(_leaks(_unit(unit)["Service"])) == 1
+
+
+def test_the_example_says_where_the_units_take_the_tokens_from() -> None:
+    text = ENV_EXAMPLE.read_text()
+    assert "%d/gpucap-token" in text
+    assert "%d/gpucap-metrics-token" in text

@@ -64,19 +64,14 @@ app.kubernetes.io/component: {{ .component }}
 - name: GPUCAP_DB
   value: "sqlite:////var/lib/gpucap-ledger/gpucap.db"
 {{- end }}
+{{- /* Secrets as files from Secret volumes (gpucap.ledgerMounts), not environment values. */}}
 {{- if .Values.ledger.signingSecret.existingSecret }}
-- name: GPUCAP_LEDGER_SECRET
-  valueFrom:
-    secretKeyRef:
-      name: {{ .Values.ledger.signingSecret.existingSecret }}
-      key: {{ .Values.ledger.signingSecret.key }}
+- name: GPUCAP_LEDGER_SECRET_FILE
+  value: /etc/gpucap/signing-secret/secret
 {{- end }}
 {{- if .Values.ledger.metricsToken.existingSecret }}
-- name: GPUCAP_METRICS_TOKEN
-  valueFrom:
-    secretKeyRef:
-      name: {{ .Values.ledger.metricsToken.existingSecret }}
-      key: {{ .Values.ledger.metricsToken.key }}
+- name: GPUCAP_METRICS_TOKEN_FILE
+  value: /etc/gpucap/metrics-token/token
 {{- end }}
 {{- if .Values.ledger.registryConfigMap }}
 - name: GPUCAP_REGISTRY
@@ -104,6 +99,16 @@ app.kubernetes.io/component: {{ .component }}
 {{- if .Values.ledger.registryConfigMap }}
 - name: registry
   mountPath: /etc/gpucap/registry
+  readOnly: true
+{{- end }}
+{{- if .Values.ledger.signingSecret.existingSecret }}
+- name: signing-secret
+  mountPath: /etc/gpucap/signing-secret
+  readOnly: true
+{{- end }}
+{{- if .Values.ledger.metricsToken.existingSecret }}
+- name: metrics-token
+  mountPath: /etc/gpucap/metrics-token
   readOnly: true
 {{- end }}
 {{- end -}}
