@@ -5,8 +5,14 @@ for whichever is due next. SIGTERM sets `stop` and wakes the wait, so the curren
 finishes and the loop ends; SIGHUP sets `reload`, handled between steps.
 
 A failing spool (full disk, I/O error) fails only the step that met it: it is logged once per
-distinct reason, counted, sends back off as for an unreachable ledger, collection goes on,
-and the next step that succeeds logs the recovery.
+distinct reason until it recovers, counted, sends back off as for an unreachable ledger, and
+collection goes on. It has recovered, in one log line, when every kind of step that failed has
+succeeded since: a collection that stores its report (a write proves the directory works for
+reading too), or a send that failed on the spool sending again. A send alone never ends a
+failing store: on a full disk reads and deletes still work, and counting them as recovery
+made the log alternate between the error and the recovery at every step.
+
+Delivery that recovers after failed attempts is one line too, with how many and how long.
 """
 
 from __future__ import annotations
@@ -131,9 +137,13 @@ class Daemon:
         self._inventory: Inventory | None = None
         self._nvml_up = False
         self._last_reason: str | None = ""
-        self._failures = 0
-        self._spool_problem: str | None = None  # the spool failure last logged, until recovery
-        self._spool_failures = 0  # consecutive failed spool steps, for the send backoff
+        self._failures = 0  # consecutive failed sends, for the backoff (reset by a reload)
+        self._undelivered = 0  # failed attempts since the last delivery, for its recovery line
+        self._undelivered_since = 0.0  # monotonic time of the first of them
+        self._spool_failing: dict[str, str] = {}  # "store"/"send" -> error, until it works
+        self._spool_logged: set[str] = set()  # the errors logged since the spool last worked
+        self._spool_errors = 0  # failed spool steps since the spool last worked
+        self._spool_failures = 0  # consecutive sends failed by the spool, for their backoff
         self._retry_at = 0.0
         self._next_collect = clock.monotonic()
         self.collections = 0
@@ -201,9 +211,9 @@ class Daemon:
             try:
                 self._spool(inventory)
             except SpoolError as exc:
-                self._spool_failed(exc)
+                self._spool_failed("store", exc)
             else:
-                self._spool_ok()
+                self._spool_ok("store")
         self._publish()
 
     def _note_nvml(self, reading: NodeReading) -> None:
@@ -243,7 +253,8 @@ class Daemon:
         try:
             touched = self._send_oldest()
         except SpoolError as exc:
-            self._spool_failed(exc)
+            self._spool_failures += 1
+            self._spool_failed("send", exc)
             delay = backoff_seconds(
                 self._spool_failures,
                 self.config.retry_initial_seconds,
@@ -253,7 +264,8 @@ class Daemon:
             self._retry_at = self.clock.monotonic() + delay
         else:
             if touched:
-                self._spool_ok()
+                self._spool_failures = 0
+                self._spool_ok("send")
         self._publish()
 
     def _send_oldest(self) -> bool:
@@ -264,6 +276,7 @@ class Daemon:
             return False
         result = self.sender.send(item.report)
         if result.outcome == ACK:
+            self._delivered()
             self._failures = 0
             self._retry_at = 0.0
             self.stats.last_success_timestamp_seconds = self.clock.now().timestamp()
@@ -277,6 +290,9 @@ class Daemon:
         else:
             self.stats.failures_total += 1
             self._failures += 1
+            if not self._undelivered:
+                self._undelivered_since = self.clock.monotonic()
+            self._undelivered += 1
             delay = backoff_seconds(
                 self._failures,
                 self.config.retry_initial_seconds,
@@ -295,22 +311,48 @@ class Daemon:
         self.stats.spool_reports = self.spool.count()
         return True
 
-    def _spool_failed(self, exc: SpoolError) -> None:
-        self.stats.spool_errors_total += 1
-        self._spool_failures += 1
-        if str(exc) != self._spool_problem:
-            self._spool_problem = str(exc)
-            log.error("spool failing (collection and delivery go on, retried): %s", exc)
+    def _delivered(self) -> None:
+        """A report was acknowledged: one line if attempts had failed before it."""
+        if not self._undelivered:
+            return
+        log.info(
+            "delivery recovered after %d failed attempt(s) over %.1f s; %d report(s) still spooled",
+            self._undelivered,
+            self.clock.monotonic() - self._undelivered_since,
+            max(self.spool.count() - 1, 0),  # this one leaves the spool next
+            extra={"failed_attempts": self._undelivered},
+        )
+        self._undelivered = 0
 
-    def _spool_ok(self) -> None:
-        if self._spool_problem is not None:
-            log.info(
-                "spool working again after %d failed step(s): %s",
-                self._spool_failures,
-                self._spool_problem,
+    def _spool_failed(self, step: str, exc: SpoolError) -> None:
+        """`step` ("store" or "send") met a spool error: counted always, logged once per
+        distinct error until the spool works again."""
+        self.stats.spool_errors_total += 1
+        self._spool_errors += 1
+        self._spool_failing[step] = str(exc)
+        if str(exc) not in self._spool_logged:
+            self._spool_logged.add(str(exc))
+            log.error(
+                "spool failing (collection and delivery go on, retried): %s",
+                exc,
+                extra={"path": exc.path},
             )
-        self._spool_problem = None
-        self._spool_failures = 0
+
+    def _spool_ok(self, step: str) -> None:
+        """`step` worked: a store clears every failure (it wrote), a send only its own."""
+        if step == "store":
+            self._spool_failing.clear()
+        else:
+            self._spool_failing.pop("send", None)
+        if self._spool_failing or not self._spool_logged:
+            return
+        log.info(
+            "spool working again after %d failed step(s): %s",
+            self._spool_errors,
+            "; ".join(sorted(self._spool_logged)),
+        )
+        self._spool_logged.clear()
+        self._spool_errors = 0
 
     def _publish(self) -> None:
         self.publish(snapshot_of(self.config, self._inventory, self._nvml_up, self.stats))

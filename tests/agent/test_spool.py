@@ -212,6 +212,7 @@ def test_second_agent_on_the_same_spool_exits_3_naming_the_directory(tmp_path: P
     spool = tmp_path / "spool"
     held = lock_spool(spool)
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPUCAP_")}
+    env["GPUCAP_TOKEN"] = "t"  # (--token would add its own warning line)
     try:
         result = subprocess.run(
             [
@@ -222,8 +223,6 @@ def test_second_agent_on_the_same_spool_exits_3_naming_the_directory(tmp_path: P
                 "run",
                 "--ledger",
                 "http://127.0.0.1:9",
-                "--token",
-                "t",
                 "--node-id",
                 "n1",
                 "--site",

@@ -263,7 +263,7 @@ def test_sighup_with_a_bad_registry_is_one_line_and_keeps_the_old_one(
     assert "Traceback" not in out
 
 
-def test_reload_never_raises_out_of_the_signal_thread(capsys: pytest.CaptureFixture[str]) -> None:
+def test_reload_never_raises_out_of_the_signal_thread(caplog: pytest.LogCaptureFixture) -> None:
     from gpucap.ledger.cli import _reload
 
     class Broken:
@@ -271,10 +271,12 @@ def test_reload_never_raises_out_of_the_signal_thread(capsys: pytest.CaptureFixt
             raise RuntimeError("disk on fire")
 
     _reload(Broken(), Path("registry.yaml"))
-    err = capsys.readouterr().err.splitlines()
-    assert err == [
-        "gpucap: registry not reloaded, the previous one stays: registry.yaml: "
-        "RuntimeError: disk on fire"
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        (
+            "ERROR",
+            "registry not reloaded, the previous one stays: registry.yaml: "
+            "RuntimeError: disk on fire",
+        )
     ]
 
 
