@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from datetime import date, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -20,8 +20,13 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
     StringConstraints,
+    WithJsonSchema,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import core_schema
 
 from gpucap.core.data import parse_day
 from gpucap.core.text import refuse_control
@@ -39,7 +44,27 @@ LEDGER_BOUNDS = {
 
 # Every string refuses C0 control characters (PostgreSQL cannot store NUL; SQLite would): both
 # databases then accept and refuse the same reports.
-NoControl = AfterValidator(refuse_control)
+NO_CONTROL_PATTERN = "^[^\u0000-\u001f]*$"  # the schema file's, for the API description
+
+
+class _NoControl:
+    """`refuse_control` after validation (its message names the character); the JSON schema
+    says the same with NO_CONTROL_PATTERN, which validation does not use."""
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(refuse_control, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        out = handler(schema)
+        out["pattern"] = NO_CONTROL_PATTERN
+        return out
+
+
+NoControl = _NoControl()
 Ident = Annotated[str, StringConstraints(min_length=1, max_length=256), NoControl]
 Short = Annotated[str, StringConstraints(max_length=128), NoControl]
 Text = Annotated[str, StringConstraints(max_length=256), NoControl]
@@ -78,7 +103,18 @@ def utc_instant(value: str) -> str:
     return f"{day}T{clock}{fraction or ''}Z"
 
 
-UtcInstant = Annotated[str, AfterValidator(utc_instant)]
+UtcInstant = Annotated[
+    str,
+    AfterValidator(utc_instant),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
+            r"([Zz]|[+-]00:00)$",
+            "description": "RFC 3339 date-time in UTC (Z or +00:00), a real one",
+        }
+    ),
+]
 
 
 def loc_path(loc: tuple[int | str, ...]) -> str:
