@@ -1,25 +1,20 @@
 """The operators' listings: `gpucap ledger nodes` and `gpucap ledger token --list`.
 
-Rows are plain dicts; `render` makes them a Rich table, JSON or CSV (a header row of the JSON
-keys). The token listing reads the `token` table (`db.tokens`) and, for who issued each token,
-the actor of its `token_issued` log entry (`operator:<by>`, `log.leaves_of_kind`); it never
-reads or prints a token or its hash.
+Rows are plain dicts; `render` makes them a Rich table, CSV (a header row of the JSON keys),
+JSON or YAML, as every listing does (`gpucap.core.output`). The token listing reads the `token`
+table (`db.tokens`) and, for who issued each token, the actor of its `token_issued` log entry
+(`operator:<by>`, `log.leaves_of_kind`); it never reads or prints a token or its hash.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rich import box
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 from sqlalchemy.engine import Connection
 
+from gpucap.core import output
 from gpucap.ledger import db, log
 from gpucap.ledger.store import Store
 
@@ -43,6 +38,7 @@ TOKEN_COLUMNS = (
     ("expires_at", "expires at"),
     ("label", "label"),
 )
+_NUMERIC = ("last_seq", "devices")  # right-aligned in a table
 
 
 def node_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -90,46 +86,29 @@ def token_rows(conn: Connection) -> list[dict[str, Any]]:
     return rows
 
 
-def _cell(value: Any) -> str:
-    """A value as one table or CSV cell: nothing for None, `k:v k:v` for a subject."""
-    if value is None:
-        return ""
-    if isinstance(value, Mapping):
-        return " ".join(f"{k}:{v}" for k, v in value.items())
-    return str(value)
-
-
 def render(
     rows: Sequence[Mapping[str, Any]],
     columns: Sequence[tuple[str, str]],
     fmt: str,
     doc: Any = None,
     width: int = 200,
+    headers: bool = True,
+    display: Sequence[Sequence[str]] | None = None,
 ) -> str:
-    """Rows as text: `table` (Rich), `csv` (header row of keys) or `json` (`doc`, else the
-    rows as a list)."""
-    if fmt == "json":
-        return json.dumps(rows if doc is None else doc, indent=2) + "\n"
-    if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow([key for key, _ in columns])
-        writer.writerows([_cell(row.get(key)) for key, _ in columns] for row in rows)
-        return buffer.getvalue()
-    out = Table(box=box.SIMPLE_HEAD)
-    for key, heading in columns:
-        numeric = key in ("last_seq", "devices")
-        if key == "label":  # a long label wraps rather than squeezing every other column
-            out.add_column(heading, overflow="fold")
-        else:
-            out.add_column(heading, justify="right" if numeric else "left", no_wrap=True)
-    for row in rows:
-        # Text cells: a name with brackets is printed as it is, never read as Rich markup.
-        out.add_row(*(Text(_cell(row.get(key))) for key, _ in columns))
-    buffer = io.StringIO()
-    Console(file=buffer, width=width, force_terminal=False, color_system=None).print(out)
-    text = "\n".join(line.rstrip() for line in buffer.getvalue().splitlines())
-    return text.strip("\n") + "\n"  # the heading first: no blank lines around the table
+    """Rows as text in a listing format (`gpucap.core.output.render`): `table`, `csv` (header
+    row of keys), `json` or `yaml` (`doc`, else the rows as a list); counts right-aligned, a
+    label wrapped rather than squeezing every other column."""
+    return output.render(
+        rows,
+        columns,
+        fmt,
+        doc,
+        headers=headers,
+        display=display,
+        right=_NUMERIC,
+        fold=("label",),
+        width=width,
+    )
 
 
 def token_listing(store: Store) -> list[dict[str, Any]]:

@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import date
 from pathlib import Path
 from typing import Any
 
+from gpucap.core import output
 from gpucap.core.data import parse_day
 from gpucap.core.errors import InputError
+
+# (JSON and CSV key, table heading) of the catalogue listing; the JSON rows hold more keys.
+CATALOGUE_COLUMNS = (
+    ("id", "id"),
+    ("vendor", "vendor"),
+    ("pci_device_ids", "pci ids"),
+    ("tpp", "TPP"),
+    ("h100e", "H100e"),
+    ("performance_density", "PD"),
+    ("eccn_class", "class"),
+    ("eccn_paragraph", "paragraph"),
+    ("confidence", "confidence"),
+)
 
 
 def _as_of(text: str) -> date:
@@ -28,11 +41,11 @@ def register(subparsers: Any) -> None:
     )
     ev.add_argument("scenario", type=Path, help="scenario file (YAML or JSON)")
     ev.add_argument("--as-of", help="evaluation date YYYY-MM-DD (overrides the file's as_of)")
-    ev.add_argument("--format", choices=("table", "json"), default="table")
+    output.add_format_flags(ev, formats=output.DOCUMENT_FORMATS)
     ev.set_defaults(func=run_evaluate)
 
     cat = subparsers.add_parser("catalogue", help="list the accelerator catalogue")
-    cat.add_argument("--format", choices=("table", "json"), default="table")
+    output.add_format_flags(cat)
     cat.set_defaults(func=run_catalogue)
 
 
@@ -49,9 +62,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if as_of is None:
         raise InputError("as_of", "no evaluation date: set as_of in the file or pass --as-of")
     result = evaluate(fleet, pack, as_of)
-    if args.format == "json":
-        json.dump(evaluation_to_dict(result), sys.stdout, indent=2)
-        sys.stdout.write("\n")
+    if args.format in ("json", "yaml"):
+        sys.stdout.write(output.document(evaluation_to_dict(result), args.format))
     else:
         sys.stdout.write(render_table(result))
     return 1 if result.verdict == "breach" else 0
@@ -91,27 +103,30 @@ def catalogue_rows() -> list[dict[str, Any]]:
 
 def run_catalogue(args: argparse.Namespace) -> int:
     rows = catalogue_rows()
-    if args.format == "json":
-        json.dump(rows, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-        return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="gpucap accelerator catalogue", title_justify="left")
-    for name in ("id", "vendor", "pci ids", "TPP", "H100e", "PD", "class", "confidence"):
-        table.add_column(name)
-    for r in rows:
-        pd = "-" if r["performance_density"] is None else f"{r['performance_density']:.2f}"
-        table.add_row(
+    # The table: TPP whole, H100e and performance density to two decimals; csv, json and yaml
+    # keep the rows' values.
+    cells = [
+        [
             r["id"],
             r["vendor"],
             ",".join(r["pci_device_ids"]) or "-",
-            f"{r['tpp']:,}",
-            f"{r['h100e']:.2f}",
-            pd,
-            r["eccn_paragraph"] or r["eccn_class"],
+            output.tpp_text(r["tpp"]),
+            output.h100e_text(r["h100e"]),
+            "-" if r["performance_density"] is None else f"{r['performance_density']:.2f}",
+            r["eccn_class"],
+            r["eccn_paragraph"] or "-",
             r["confidence"],
-        )
-    Console(width=140).print(table)
+        ]
+        for r in rows
+    ]
+    text = output.render(
+        rows,
+        CATALOGUE_COLUMNS,
+        args.format,
+        headers=args.headers,
+        display=cells,
+        right=("tpp", "h100e", "performance_density"),
+        width=140,
+    )
+    sys.stdout.write(text)
     return 0

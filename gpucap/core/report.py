@@ -1,7 +1,11 @@
 """Projections of an `Evaluation`: the JSON document and the table for people.
 
-JSON numbers: TPP is exact (an integer where it is whole); H100e and shares are floats, H100e
-rounded to 3 decimals.
+JSON numbers: a TPP figure is an integer where it is whole, else the nearest float; H100e is
+rounded to 3 decimals; shares are the nearest floats. The engine's arithmetic is exact
+(fractions), and the figures a division makes, which a float cannot hold, have an exact
+companion, a reduced fraction as a string (`exact_text`): `headroom_tpp_exact` on every check,
+`share_exact` and `limit_share_exact` on share rules. The table rounds: whole TPP, H100e to two
+decimals (`gpucap.core.output`).
 """
 
 from __future__ import annotations
@@ -15,11 +19,17 @@ from rich.console import Console
 from rich.table import Table
 
 from gpucap.core.engine import Check, Evaluation, SiteTotal
+from gpucap.core.output import h100e_text, tpp_text
 
 
 def tpp_number(value: Fraction | int) -> int | float:
     """An exact TPP figure as a JSON number."""
     return value.numerator if value.denominator == 1 else float(value)
+
+
+def exact_text(value: Fraction) -> str:
+    """An exact figure as text: `n` when whole, else `n/d` in lowest terms (`-1085800/93`)."""
+    return str(value)
 
 
 def h100e_number(value: Fraction, h100e_tpp: Fraction) -> float:
@@ -44,10 +54,14 @@ def check_to_dict(check: Check, h100e_tpp: Fraction) -> dict[str, Any]:
         out["limit_tpp"] = tpp_number(check.limit_tpp)
         out["limit_h100e"] = h100e_number(check.limit_tpp, h100e_tpp)
     else:
+        limit_share = check.limit_share or Fraction(0)
         out["share"] = None if check.share is None else float(check.share)
-        out["limit_share"] = float(check.limit_share or 0)
+        out["share_exact"] = None if check.share is None else exact_text(check.share)
+        out["limit_share"] = float(limit_share)
+        out["limit_share_exact"] = exact_text(limit_share)
         out["total_tpp"] = tpp_number(check.total_tpp or Fraction(0))
     out["headroom_tpp"] = tpp_number(check.headroom_tpp)
+    out["headroom_tpp_exact"] = exact_text(check.headroom_tpp)
     out["headroom_h100e"] = h100e_number(check.headroom_tpp, h100e_tpp)
     out["source"] = {
         "paragraph": check.provenance.paragraph,
@@ -114,12 +128,24 @@ def evaluation_head(ev: Evaluation) -> dict[str, Any]:
     }
 
 
-def _tpp_cell(tpp: float, h100e: float) -> str:
-    return f"{tpp:,.0f} ({h100e:,.1f})"
+def _tpp_cell(check: dict[str, Any], figure: str, h100e_tpp: float | None) -> str:
+    """`used`, `limit` or `headroom` TPP of a check with its H100e in brackets. Given the
+    document's `h100e_tpp`, H100e is computed from the exact TPP and rounded once (the JSON's
+    3-decimal H100e, rounded again, would be off by 0.01 for about one figure in twenty)."""
+    tpp = check[f"{figure}_tpp"]
+    if h100e_tpp is None:
+        h100e = check[f"{figure}_h100e"]
+    else:
+        exact = Fraction(check.get(f"{figure}_tpp_exact") or tpp)
+        h100e = float(exact / Fraction(h100e_tpp))
+    return f"{tpp_text(tpp)} ({h100e_text(h100e)})"
 
 
-def checks_table(checks: list[dict[str, Any]], width: int = 200) -> str:
-    """Checks in their JSON form as a table for people: TPP with H100e in brackets."""
+def checks_table(
+    checks: list[dict[str, Any]], width: int = 200, h100e_tpp: float | None = None
+) -> str:
+    """Checks in their JSON form as a table for people: whole TPP with H100e (two decimals) in
+    brackets; `h100e_tpp`: the document's reference TPP, when it has one."""
     table = Table(box=box.SIMPLE_HEAD)
     for name, justify in (
         ("status", "left"),
@@ -133,7 +159,7 @@ def checks_table(checks: list[dict[str, Any]], width: int = 200) -> str:
         table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]  # rich's JustifyMethod is a Literal
     for c in checks:
         if "limit_tpp" in c:
-            limit = _tpp_cell(c["limit_tpp"], c["limit_h100e"])
+            limit = _tpp_cell(c, "limit", h100e_tpp)
         else:
             share = "n/a" if c.get("share") is None else f"{c['share']:.2%}"
             bound = "max" if c["kind"] == "max_share" else "min"
@@ -142,9 +168,9 @@ def checks_table(checks: list[dict[str, Any]], width: int = 200) -> str:
             "BREACH" if c["status"] == "breach" else "ok",
             c["rule"],
             c["scope"],
-            _tpp_cell(c["used_tpp"], c["used_h100e"]),
+            _tpp_cell(c, "used", h100e_tpp),
             limit,
-            _tpp_cell(c["headroom_tpp"], c["headroom_h100e"]),
+            _tpp_cell(c, "headroom", h100e_tpp),
             c["source"]["confidence"],
         )
     buffer = io.StringIO()
@@ -156,7 +182,7 @@ def render_document(doc: dict[str, Any]) -> str:
     """An evaluation document (`evaluate --format json`, `/v1/headroom`) as text for people."""
     rs = doc["ruleset"]
     lines = [f"{rs['id']} on {doc['as_of']} ({rs['status']}): verdict {doc['verdict'].upper()}"]
-    lines.append(checks_table(doc["checks"]))
+    lines.append(checks_table(doc["checks"], h100e_tpp=doc.get("h100e_tpp")))
     lines += [f"warning: {w}" for w in rs["warnings"]]
     lines += [f"note: {c['rule']} {c['scope']}: {c['note']}" for c in doc["checks"] if c["note"]]
     return "\n".join(lines) + "\n"
