@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit bench drills clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.exporters_bench
 	$(BIN)/python -m benchmarks.ledger_bench
 	$(BIN)/python -m benchmarks.evaluate_bench
+
+# Fault drills on loopback, each bounded in time (RELIABILITY.md); needs root for tmpfs and
+# Debian's PostgreSQL binaries. `$(BIN)/python -m drills NAME ...` runs some of them.
+drills: $(STAMP)
+	$(BIN)/python -m drills
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info

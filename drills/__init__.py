@@ -1,0 +1,1 @@
+"""Drills: long runs against a real `gpucap ledger serve`, outside the test suite."""
