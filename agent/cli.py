@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import signal
 import socket
@@ -153,13 +152,18 @@ def _run(args: argparse.Namespace) -> int:
     from gpucap.agent.clock import SystemClock
     from gpucap.agent.config import load_config
     from gpucap.agent.spool import Spool, lock_spool
+    from gpucap.core import logsetup
 
     flags = {name: getattr(args, name) for name, *_ in OPTIONS}
-    logging.basicConfig(  # before the config is read, so its warnings get the format too
-        stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    config = load_config(flags, config_file=args.config_file)
-    logging.getLogger().setLevel(config.log_level)
+    # The configuration names the log format, and reading it may log (an unknown key): hold
+    # those lines until the format is known, and write them in it (in text if it is invalid).
+    held = logsetup.hold()
+    try:
+        config = load_config(flags, config_file=args.config_file)
+    except BaseException:
+        logsetup.release(held, "text")
+        raise
+    logsetup.release(held, config.log_format, config.log_level)
     lock = lock_spool(config.spool)  # SpoolError, exit 3, if another agent uses this spool
     try:
         clock = SystemClock()
@@ -187,11 +191,14 @@ def _serve(
     backend = open_backend(config.fake, timeout_seconds=config.nvml_timeout_seconds)
 
     def sender(cfg: AgentConfig) -> LedgerClient:
+        from gpucap.core.credfiles import client_context
+
         return LedgerClient(
             cfg.ledger,
             cfg.token,
             timeout_seconds=cfg.ledger_timeout_seconds,
             agent_version=__import__("gpucap").__version__,
+            verify=True if cfg.ca_file is None else client_context(cfg.ca_file, "--ca-file"),
         )
 
     box = MetricsBox()
@@ -212,6 +219,12 @@ def _serve(
     signal.signal(signal.SIGTERM, lambda *_: daemon.request_stop())
     signal.signal(signal.SIGINT, lambda *_: daemon.request_stop())
     signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())
+    if flags.get("token") is not None:  # once running: an error before stays one line
+        import logging
+
+        logging.getLogger("gpucap.agent").warning(
+            "--token shows the token to every user of this machine (ps): use --token-file"
+        )
     try:
         return daemon.run()
     finally:

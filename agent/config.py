@@ -6,6 +6,11 @@ The config file uses EnvironmentFile syntax (`GPUCAP_LEDGER=https://...`, `#` co
 file serves both systemd and reloads. An unknown GPUCAP_* key in it (a typo) is logged as a
 warning and ignored; other keys are left alone, since systemd hands them to the process as its
 environment (HTTPS_PROXY, SSL_CERT_FILE, ...).
+
+The token is `--token`/GPUCAP_TOKEN or the contents of `--token-file`/GPUCAP_TOKEN_FILE (a
+systemd credential, a Secret volume: off the command line and out of the environment). Of the
+two, the one given at the higher level above wins, the other is logged as ignored; both at the
+same level is a ConfigError. The file is read again on every reload.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from gpucap.agent.errors import ConfigError
+from gpucap.core.credfiles import client_context, read_secret
+from gpucap.core.errors import InputError
+from gpucap.core.logsetup import FORMATS
 
 log = logging.getLogger("gpucap.agent.config")
 
@@ -43,6 +51,22 @@ def _count(text: str) -> int:
     return value
 
 
+def _ca_file(text: str) -> Path:
+    """A PEM CA bundle, loaded once here so that a bad file is an error at start."""
+    try:
+        client_context(Path(text), "")
+    except InputError as exc:
+        raise ValueError(exc.reason) from None
+    return Path(text)
+
+
+def _log_format(text: str) -> str:
+    fmt = text.strip().lower()
+    if fmt not in FORMATS:
+        raise ValueError("expected text or json")
+    return fmt
+
+
 def _url(text: str) -> str:
     if not text.startswith(("http://", "https://")):
         raise ValueError("must start with http:// or https://")
@@ -53,6 +77,24 @@ def _url(text: str) -> str:
 OPTIONS: tuple[tuple[str, str, str, str | None, Callable[[str], Any], bool, str], ...] = (
     ("ledger", "--ledger", "GPUCAP_LEDGER", None, _url, True, "ledger base URL"),
     ("token", "--token", "GPUCAP_TOKEN", None, str, True, "bearer token for the ledger"),
+    (
+        "token_file",
+        "--token-file",
+        "GPUCAP_TOKEN_FILE",
+        None,
+        Path,
+        True,
+        "file holding the bearer token, read at start and on reload (instead of --token)",
+    ),
+    (
+        "ca_file",
+        "--ca-file",
+        "GPUCAP_CA_FILE",
+        None,
+        _ca_file,
+        False,
+        "PEM CA bundle an https:// ledger's certificate must chain to (unset: the system's)",
+    ),
     ("node_id", "--node-id", "GPUCAP_NODE_ID", None, str, False, "this node's id in the ledger"),
     ("site", "--site", "GPUCAP_SITE", None, str, True, "the site the node belongs to"),
     (
@@ -154,9 +196,18 @@ OPTIONS: tuple[tuple[str, str, str, str | None, Callable[[str], Any], bool, str]
         True,
         "DEBUG, INFO, WARNING or ERROR",
     ),
+    (
+        "log_format",
+        "--log-format",
+        "GPUCAP_LOG_FORMAT",
+        "text",
+        _log_format,
+        False,
+        "log lines as text or json (one object per line)",
+    ),
 )
 CONFIG_ENV = "GPUCAP_CONFIG"
-_REQUIRED = ("ledger", "token", "node_id", "site")
+_REQUIRED = ("ledger", "node_id", "site")  # and a token: --token or --token-file
 
 
 @dataclass(frozen=True)
@@ -176,6 +227,9 @@ class AgentConfig:
     retry_max_seconds: float
     spool_max_reports: int
     log_level: str
+    token_file: Path | None = None
+    ca_file: Path | None = None
+    log_format: str = "text"
     config_file: Path | None = None
 
     def reloadable_diff(self, other: AgentConfig) -> tuple[list[str], list[str]]:
@@ -225,14 +279,17 @@ def load_config(
         if key.startswith("GPUCAP_") and key not in known:
             log.warning("config file %s: unknown key %s ignored", config_file, key)
     values: dict[str, Any] = {}
+    given: dict[str, tuple[int, str]] = {}  # option: (level, where), 0 the highest
     for name, flag, var, default, parse, _, _ in OPTIONS:
-        raw, where = flags.get(name), flag
+        raw, where, level = flags.get(name), flag, 0
         if raw is None and var in from_file:
-            raw, where = from_file[var], f"{config_file}: {var}"
+            raw, where, level = from_file[var], f"{config_file}: {var}", 1
         if raw is None and var in env:
-            raw, where = env[var], var
+            raw, where, level = env[var], var, 2
         if raw is None:
-            raw, where = default, f"default of {flag}"
+            raw, where, level = default, f"default of {flag}", 3
+        if raw is not None and raw != "":
+            given[name] = (level, where)
         if raw is None or raw == "":
             if name in _REQUIRED:
                 raise ConfigError(flag, f"required (or set {var})")
@@ -242,6 +299,26 @@ def load_config(
             values[name] = parse(raw)
         except ValueError as exc:
             raise ConfigError(where, f"invalid value {raw!r}: {exc}") from exc
+    values["token"] = _token(values, given)
     if values["log_level"] not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("--log-level", f"unknown level {values['log_level']!r}")
     return AgentConfig(**values, config_file=config_file)
+
+
+def _token(values: Mapping[str, Any], given: Mapping[str, tuple[int, str]]) -> str:
+    """The token: `--token`'s value or `--token-file`'s contents, whichever is given higher."""
+    token, file = given.get("token"), given.get("token_file")
+    if token is None and file is None:
+        raise ConfigError("--token", "required (or set GPUCAP_TOKEN, or give --token-file)")
+    if token is not None and file is not None:
+        if token[0] == file[0]:
+            raise ConfigError(file[1], f"give a token or a token file, not both ({token[1]})")
+        ignored = file if token[0] < file[0] else token
+        log.warning("token: %s is ignored, overridden by %s", ignored[1], min(token, file)[1])
+    if file is not None and (token is None or file[0] < token[0]):
+        try:
+            return read_secret(values["token_file"], file[1])
+        except InputError as exc:
+            raise ConfigError(exc.path, exc.reason) from None
+    result: str = values["token"]
+    return result

@@ -28,11 +28,27 @@ _COMMAND_MODULES = (
     "gpucap.ledger.audit_cli",
     "gpucap.ledger.periodreport",
     "gpucap.demo",
+    "gpucap.completion",
 )
 
 EXIT_INPUT = 2
 EXIT_OPERATIONAL = 3
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a killed writer
+
+# Top-level modules from the `ledger` extra that gpucap imports. `pip install gpucap` (a node agent)
+# leaves them out, so a command that needs one says what to install instead of a traceback.
+LEDGER_EXTRA_MODULES = frozenset(
+    {
+        "alembic",
+        "fastapi",
+        "psycopg",
+        "sqlalchemy",
+        "sqlmodel",
+        "starlette",
+        "swagger_ui_bundle",
+        "uvicorn",
+    }
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +73,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INPUT
     except GpucapError as exc:
         print(f"gpucap: error: {exc}", file=sys.stderr)
+        return EXIT_OPERATIONAL
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in LEDGER_EXTRA_MODULES:
+            raise
+        print(
+            f"gpucap: error: {exc.name}: not installed; this command needs the ledger's"
+            " dependencies: pip install 'gpucap[ledger]'",
+            file=sys.stderr,
+        )
         return EXIT_OPERATIONAL
     except KeyboardInterrupt:
         return 130

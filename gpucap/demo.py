@@ -3,6 +3,12 @@
 The stack runs the real commands (`gpucap ledger serve`, `gpucap agent run`) as child processes,
 so the demo shows exactly what an operator would run. `DemoStack` is also what the end-to-end
 tests use to bring the system up.
+
+Before anything starts, the fleet is read and validated (bad input: exit 2 naming the flag or
+field) and every port the stack will listen on is bound once to prove it free (one in use: exit
+3 naming it), so that no agent ever reports to whatever else holds a port. The state folder is
+recreated only when it is empty, missing or marked by MARKER as the demo's own: any other folder
+is refused (exit 2), never deleted.
 """
 
 from __future__ import annotations
@@ -22,14 +28,74 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
-from gpucap.core.data import shipped
+from gpucap.core.data import read_yaml, shipped
 from gpucap.core.errors import GpucapError, InputError
+
+# The file that marks a folder as a demo's state, which a later demo may delete and recreate.
+MARKER = ".gpucap-demo-state"
 
 
 class DemoError(GpucapError):
     """A part of the demo stack did not start or did not become ready."""
+
+
+def prepare_state_dir(path: Path, flag: str = "--state-dir") -> None:
+    """Make `path` an empty, marked demo folder: a missing or empty folder is created or used,
+    a marked one is emptied, anything else is refused (InputError naming `flag`) untouched."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise InputError(flag, f"{path} is not a folder")
+    if path.is_dir() and any(path.iterdir()):
+        marker = path / MARKER
+        if marker.is_symlink() or not marker.is_file():
+            raise InputError(
+                flag,
+                f"{path} is not empty and not a demo folder (no {MARKER}): left as it is; "
+                "give an empty or new folder",
+            )
+        try:
+            shutil.rmtree(path)
+        except OSError as exc:
+            raise DemoError(flag, f"cannot empty the demo folder {path}: {exc}") from None
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        # The marker first, so that a demo that stops half-way leaves a folder it may reuse.
+        (path / MARKER).write_text(
+            "gpucap demo state: the next `gpucap demo` deletes this folder\n", encoding="utf-8"
+        )
+    except OSError as exc:
+        raise DemoError(flag, f"cannot create the demo folder {path}: {exc}") from None
+
+
+def check_fleet(fleet_dir: Path, flag: str = "--fleet") -> None:
+    """A fleet folder holds registry.yaml and agents.yaml (InputError naming `flag` if not)."""
+    if not fleet_dir.is_dir():
+        raise InputError(flag, f"no folder {fleet_dir}")
+    for name in ("registry.yaml", "agents.yaml"):
+        if not (fleet_dir / name).is_file():
+            raise InputError(flag, f"{fleet_dir} has no {name}")
+
+
+def claim_ports(host: str, wanted: list[int], flags: list[str]) -> list[int]:
+    """One port per entry of `wanted` (0: any free one), each bound once now, all at the same
+    time so that they differ; a port that cannot be bound is DemoError naming its flag."""
+    sockets: list[socket.socket] = []
+    try:
+        for port, flag in zip(wanted, flags, strict=True):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sockets.append(sock)
+            if port:  # as the servers bind: a listener refuses it, a closed connection does not
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                raise DemoError(
+                    flag, f"port {port} on {host} is not free ({exc.strerror}): give another one"
+                ) from None
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -59,7 +125,7 @@ class AgentSpec:
 
 def read_agents(path: Path) -> list[AgentSpec]:
     """The agents file of a demo fleet: `agents: [{node, site, fake}]`."""
-    doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    doc = read_yaml(path, error=InputError) or {}
     rows = doc.get("agents") if isinstance(doc, dict) else None
     if not isinstance(rows, list) or not rows:
         raise InputError(f"{path.name}.agents", "expected a non-empty list")
@@ -87,6 +153,8 @@ class DemoStack:
     agents: list[AgentSpec] = field(default_factory=list)
     # The ledger's metrics need a bearer token, as in a real deployment (docs/deploy.md).
     metrics_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    # Ports `start` proved free for the agents, taken in order (a later agent: a free one).
+    _agent_ports: list[int] = field(default_factory=list, repr=False)
 
     @property
     def db_url(self) -> str:
@@ -108,6 +176,17 @@ class DemoStack:
             raise DemoError("demo", f"`gpucap {' '.join(args[:2])}` failed: {proc.stderr.strip()}")
         return proc.stdout.strip()
 
+    def _secret(self, name: str, value: str) -> str:
+        """Write a token to a mode-0600 file for a child to read: tokens never go on a command
+        line (`ps` shows those to every user) nor into a child's environment."""
+        folder = self.state_dir / "secrets"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        path = folder / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(value + "\n")
+        return str(path)
+
     def _spawn(self, name: str, url: str, *args: str, env: dict[str, str] | None = None) -> Child:
         log = self.state_dir / "logs" / f"{name}.log"
         with log.open("wb") as out:
@@ -122,13 +201,28 @@ class DemoStack:
         return child
 
     def start(self) -> None:
-        """Fresh state, migrate, start the ledger, mint tokens, start every agent."""
-        shutil.rmtree(self.state_dir, ignore_errors=True)
-        (self.state_dir / "logs").mkdir(parents=True)
+        """Check the fleet and the ports, then fresh state, migrate, start the ledger, mint
+        tokens, start every agent."""
+        from gpucap.core.scenario import load_scenario
+
+        check_fleet(self.fleet_dir)
         registry = self.fleet_dir / "registry.yaml"
+        try:  # what `ledger serve` would refuse, refused before it starts
+            load_scenario(registry)
+        except InputError as exc:
+            named = exc.path.startswith(registry.name) or not exc.path
+            path = (exc.path or registry.name) if named else f"{registry.name}.{exc.path}"
+            raise InputError(path, exc.reason) from None
         self.agents = read_agents(self.fleet_dir / "agents.yaml")
+        # The ledger serves its metrics on its API port; each agent has a metrics port.
+        port, *self._agent_ports = claim_ports(
+            self.host,
+            [self.ledger_port] + [0] * len(self.agents),
+            ["--port"] + [f"agent {a.node} metrics port" for a in self.agents],
+        )
+        prepare_state_dir(self.state_dir)
+        (self.state_dir / "logs").mkdir()
         self._run("ledger", "migrate", "--db", self.db_url)
-        port = self.ledger_port or free_port(self.host)
         url = f"http://{self.host}:{port}"
         self._spawn(
             "ledger",
@@ -137,7 +231,8 @@ class DemoStack:
             "--host", self.host, "--port", str(port),
             env={
                 "GPUCAP_REPORT_INTERVAL_S": str(self.interval_s),
-                "GPUCAP_METRICS_TOKEN": self.metrics_token,
+                "GPUCAP_METRICS_TOKEN_FILE": self._secret("metrics.token", self.metrics_token),
+                "GPUCAP_METRICS_TOKEN": "",  # one in the caller's environment would conflict
             },
         )  # fmt: skip
         self._wait(f"{url}/readyz", "ledger", timeout_s=60)
@@ -151,7 +246,7 @@ class DemoStack:
         token = self._run(
             "ledger", "token", "--db", self.db_url, "--node", spec.node, "--site", spec.site
         )
-        port = free_port(self.host)
+        port = self._agent_ports.pop(0) if self._agent_ports else free_port(self.host)
         child = self._spawn(
             f"agent-{spec.node}",
             f"http://{self.host}:{port}/metrics",
@@ -159,7 +254,8 @@ class DemoStack:
             "--site", spec.site, "--fake", spec.fake, "--interval", str(self.interval_s),
             "--spool", str(self.state_dir / "spool" / spec.node),
             "--metrics-port", str(port), "--metrics-host", self.host,
-            env={"GPUCAP_TOKEN": token},
+            env={"GPUCAP_TOKEN_FILE": self._secret(f"{spec.node}.token", token),
+                 "GPUCAP_TOKEN": ""},
         )  # fmt: skip
         self._wait(child.url, child.name, timeout_s=30)
         return child
@@ -223,7 +319,7 @@ class DemoStack:
 def register(subparsers: Any) -> None:
     demo = subparsers.add_parser(
         "demo",
-        help="run a ledger and agents on fake nodes, print headroom and metrics URLs",
+        help="run a ledger and agents on fake nodes, print headroom",
         description="Runs until Ctrl-C; --once prints the results and exits.",
     )
     demo.add_argument("--once", action="store_true", help="print the results and exit")
@@ -231,7 +327,8 @@ def register(subparsers: Any) -> None:
         "--state-dir",
         type=Path,
         default=Path(".gpucap-demo"),
-        help="working directory for the database, spools and logs (recreated)",
+        help=f"folder for the database, spools and logs; recreated when empty or a demo's "
+        f"own (marked by {MARKER}), any other folder is refused",
     )
     demo.add_argument(
         "--fleet",
@@ -247,6 +344,8 @@ def register(subparsers: Any) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     from gpucap.core.report import render_document
 
+    if not 0 <= args.port <= 65535:
+        raise InputError("--port", f"expected 0 (a free port) to 65535, got {args.port}")
     stack = DemoStack(
         state_dir=args.state_dir.resolve(),
         fleet_dir=(args.fleet or shipped("demo")).resolve(),

@@ -1,7 +1,8 @@
 """The ledger's HTTP API (FastAPI). `create_app(settings)` does no work until startup.
 
 Errors map to HTTP status here and nowhere else: InputError -> 422 with `detail: [{path,
-reason}]`, AuthError -> its 401/403, UnavailableError -> 503, a refused body -> 413/415.
+reason}]`, AuthError -> its 401/403, UnavailableError -> 503, a refused body -> 413/415;
+each refused request is logged here too, once, with the client and the token's id.
 It is past 400 lines because the routes and the few functions they share (reading a JSON body,
 the headroom answer, the metrics refresh loop) are read together; the auditor's and the log's
 routes live in `auditapi.py` and `logapi.py`.
@@ -19,6 +20,7 @@ from datetime import date
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -26,6 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from gpucap.core.data import parse_day
 from gpucap.core.errors import GpucapError, InputError
 from gpucap.core.report import check_to_dict, evaluation_head
+from gpucap.ledger import openapi
 from gpucap.ledger.auditapi import audit_routes
 from gpucap.ledger.errors import AuthError, RejectedError, UnavailableError
 from gpucap.ledger.evaluations import View
@@ -92,6 +95,44 @@ async def read_json_body(request: Request, limit: int) -> bytes:
     return body
 
 
+# The `reason` of a refusal's log line that is not an AuthError (whose own reason is used).
+REFUSED = {413: "too_large", 415: "unsupported_media_type", 422: "invalid", 503: "unavailable"}
+
+
+def log_refusal(
+    led: Ledger | None, request: Request, status: int, reason: str, detail: str
+) -> None:
+    """One line per refused request (WARNING for 401/403 and 503, INFO for a refused body):
+    the client's address, the route, status and reason, and the id of the request's token
+    when it verifies (never the token). Text lines say it all; JSON lines add the fields."""
+    client = request.client
+    address = f"{client.host}:{client.port}" if client is not None else "unknown"
+    token_id = None if led is None else led.token_id_of(request.headers.get("authorization"))
+    method, path = request.method, request.url.path
+    level = logging.INFO if status in (413, 415, 422) else logging.WARNING
+    by = f", token {token_id}" if token_id else ""
+    log.log(
+        level,
+        "refused %d %s: %s %s from %s%s: %s",
+        status,
+        reason,
+        method,
+        path,
+        address,
+        by,
+        detail,
+        extra={
+            "client": address,
+            "token_id": token_id,
+            "method": method,
+            "path": path,
+            "status": status,
+            "reason": reason,
+            "detail": detail,
+        },
+    )
+
+
 def _validation_detail(exc: ValidationError) -> list[dict[str, str]]:
     return [{"path": loc_path(e["loc"]), "reason": e["msg"]} for e in exc.errors()[:20]]
 
@@ -132,28 +173,44 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> FastAPI:
             if ledger is None:
                 led.store.close()
 
-    app = FastAPI(title="gpucap ledger", version="1", lifespan=lifespan)
+    # /docs is served offline by openapi.install; ReDoc would load from a CDN, so it is off.
+    app = FastAPI(
+        title="gpucap ledger", version="1", lifespan=lifespan, docs_url=None, redoc_url=None
+    )
+    openapi.install(app, settings)
 
     def get() -> Ledger:
         return holder["ledger"]
 
     @app.exception_handler(AuthError)
-    async def _auth(_r: Request, exc: AuthError) -> JSONResponse:
+    async def _auth(request: Request, exc: AuthError) -> JSONResponse:
+        log_refusal(holder.get("ledger"), request, exc.status_code, exc.reason, exc.detail)
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
         return JSONResponse(
             {"detail": exc.detail, "reason": exc.reason}, exc.status_code, headers=headers
         )
 
+    @app.exception_handler(RequestValidationError)
+    async def _request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's own query checks (a missing required parameter) in the ledger's shape."""
+        detail = [{"path": loc_path(e["loc"][1:]), "reason": e["msg"]} for e in exc.errors()]
+        first = f"{detail[0]['path']}: {detail[0]['reason']}" if detail else "invalid request"
+        log_refusal(holder.get("ledger"), request, 422, REFUSED[422], first)
+        return JSONResponse({"detail": detail[:20]}, 422)
+
     @app.exception_handler(InputError)
-    async def _input(_r: Request, exc: InputError) -> JSONResponse:
+    async def _input(request: Request, exc: InputError) -> JSONResponse:
+        log_refusal(holder.get("ledger"), request, 422, REFUSED[422], str(exc))
         return JSONResponse({"detail": [{"path": exc.path, "reason": exc.reason}]}, 422)
 
     @app.exception_handler(BodyError)
-    async def _body(_r: Request, exc: BodyError) -> JSONResponse:
+    async def _body(request: Request, exc: BodyError) -> JSONResponse:
+        log_refusal(holder.get("ledger"), request, exc.status, REFUSED[exc.status], str(exc))
         return JSONResponse({"detail": [{"path": exc.path, "reason": exc.reason}]}, exc.status)
 
     @app.exception_handler(UnavailableError)
-    async def _unavailable(_r: Request, exc: UnavailableError) -> JSONResponse:
+    async def _unavailable(request: Request, exc: UnavailableError) -> JSONResponse:
+        log_refusal(holder.get("ledger"), request, 503, REFUSED[503], str(exc))
         return JSONResponse({"detail": str(exc)}, 503)
 
     def operator(request: Request) -> Principal:
@@ -170,7 +227,11 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> FastAPI:
             report = Report.model_validate_json(body)
         except ValidationError as exc:
             led.count_report("rejected")
-            return JSONResponse({"detail": _validation_detail(exc)}, 422)
+            detail = _validation_detail(exc)
+            more = f" (and {len(detail) - 1} more)" if len(detail) > 1 else ""
+            first = f"{detail[0]['path']}: {detail[0]['reason']}{more}"
+            log_refusal(led, request, 422, REFUSED[422], first)
+            return JSONResponse({"detail": detail}, 422)
         except InputError:
             led.count_report("rejected")
             raise

@@ -13,7 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gpucap.core import output
 from gpucap.core.errors import InputError
+from gpucap.ledger.client import add_client_flags
 
 EXPLAIN_COLUMNS = (
     ("figure", "figure"),
@@ -30,6 +32,7 @@ EXPLAIN_COLUMNS = (
     ("removed", "removed"),
     ("log_index", "log index"),
 )
+_TPP = ("tpp_each", "tpp")  # EXPLAIN_COLUMNS a table shows in whole TPP
 EVENT_COLUMNS = (
     ("index", "index"),
     ("recorded_at", "recorded at"),
@@ -47,8 +50,8 @@ def register_ledger(sub: Any, db_flag: Any) -> None:
     db_flag(ev)
     ev.add_argument(
         "--ledger",
-        help="read GET /v1/events from this ledger (token: GPUCAP_TOKEN; GPUCAP_LEDGER alone "
-        "does not switch from the database)",
+        help="read GET /v1/events from this ledger (token: --token-file, GPUCAP_TOKEN_FILE or "
+        "GPUCAP_TOKEN; GPUCAP_LEDGER alone does not switch from the database)",
     )
     for name in ("since", "until"):
         ev.add_argument(f"--{name}", help="ISO 8601 instant")
@@ -59,7 +62,8 @@ def register_ledger(sub: Any, db_flag: Any) -> None:
     ev.add_argument(
         "--all", action="store_true", help="follow the cursor to the end (every matching entry)"
     )
-    ev.add_argument("--format", choices=("json", "csv", "table"), default="json")
+    output.add_format_flags(ev, default="json")
+    add_client_flags(ev)
     ev.set_defaults(func=_events)
 
     ex = sub.add_parser("export", help="write an evidence bundle (zip) for an auditor")
@@ -84,7 +88,8 @@ def register(subparsers: Any) -> None:
     ex.add_argument("--scope", required=True, help="the check's scope, e.g. country:AE")
     ex.add_argument("--as-of", help="date YYYY-MM-DD (default: today)")
     ex.add_argument("--known-at", help="ISO 8601 instant or log:N (default: the signed log)")
-    ex.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    output.add_format_flags(ex)
+    add_client_flags(ex)
     ex.set_defaults(func=_explain)
 
     audit = subparsers.add_parser("audit", help="check an evidence bundle offline")
@@ -109,13 +114,6 @@ def known_at_param(value: str | None, flag: str = "--known-at") -> str | None:
     return value
 
 
-def _token() -> str:
-    token = os.environ.get("GPUCAP_TOKEN")
-    if not token:
-        raise InputError("GPUCAP_TOKEN", "set it to an operator or auditor token")
-    return token
-
-
 def _explain(args: argparse.Namespace) -> int:
     from gpucap.ledger import listings
     from gpucap.ledger.cli import _client
@@ -131,15 +129,25 @@ def _explain(args: argparse.Namespace) -> int:
     if args.format == "table":
         print(
             f"{answer['rule']} {answer['scope']} on {answer['as_of']}: {answer['status']}, "
-            f"used {answer['used_tpp']:,} TPP"
+            f"used {output.tpp_text(answer['used_tpp'])} TPP"
         )
-        print(listings.render(rows, EXPLAIN_COLUMNS, "table"), end="")
-        figures = ", ".join(f"{k} {v:,}" for k, v in answer["figures"].items())
+        cells = [[_explain_cell(r, k) for k, _ in EXPLAIN_COLUMNS] for r in rows]
+        text = listings.render(rows, EXPLAIN_COLUMNS, "table", headers=args.headers, display=cells)
+        print(text, end="")
+        figures = ", ".join(f"{k} {output.tpp_text(v)}" for k, v in answer["figures"].items())
         print(f"contributions add up to: {figures}")
         print(short(answer["provenance"]), end="")
     else:
-        print(listings.render(rows, EXPLAIN_COLUMNS, args.format, answer), end="")
+        text = listings.render(rows, EXPLAIN_COLUMNS, args.format, answer, headers=args.headers)
+        print(text, end="")
     return 1 if answer["status"] == "breach" else 0
+
+
+def _explain_cell(row: dict[str, Any], key: str) -> str:
+    """A contribution's table cell: TPP in whole numbers, as every table shows it (csv, json
+    and yaml keep the values)."""
+    value = row.get(key)
+    return output.tpp_text(value) if key in _TPP and value is not None else output.cell(value)
 
 
 def _event_params(args: argparse.Namespace) -> dict[str, str]:
@@ -154,10 +162,10 @@ def _events(args: argparse.Namespace) -> int:
     query = events.parse_query(params)  # refused here, by flag name, before any connection
     pages: list[dict[str, Any]] = []
     if args.ledger is not None:  # only the flag: GPUCAP_LEDGER must not move --db's reader
-        from gpucap.ledger.client import LedgerClient, base_url
+        from gpucap.ledger.client import base_url, connect
 
-        base_url(args.ledger, "--ledger")
-        client = LedgerClient(args.ledger, _token())
+        url = base_url(args.ledger, "--ledger")
+        client = connect(args, url, os.environ, "an operator or auditor token")
         try:
             while True:
                 page = client.events(params)
@@ -178,7 +186,7 @@ def _events(args: argparse.Namespace) -> int:
     entries = [e for p in pages for e in p["entries"]]
     doc = {"entries": entries, "next_cursor": pages[-1]["next_cursor"]}
     rows = [{**e, "node": _about(e)[0], "site": _about(e)[1]} for e in entries]
-    print(listings.render(rows, EVENT_COLUMNS, args.format, doc), end="")
+    print(listings.render(rows, EVENT_COLUMNS, args.format, doc, headers=args.headers), end="")
     return 0
 
 

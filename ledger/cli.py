@@ -20,7 +20,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from gpucap.core import output
 from gpucap.core.errors import InputError
+from gpucap.ledger.client import add_client_flags
 
 
 def register(subparsers: Any) -> None:
@@ -51,6 +53,21 @@ def register(subparsers: Any) -> None:
         default=None,
         help="log every request (uvicorn access log; default off)",
     )
+    serve.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="FILE",
+        help="serve HTTPS with this PEM certificate chain (default: GPUCAP_LEDGER_TLS_CERT)",
+    )
+    serve.add_argument(
+        "--tls-key",
+        type=Path,
+        metavar="FILE",
+        help="the certificate's unencrypted PEM private key (default: GPUCAP_LEDGER_TLS_KEY)",
+    )
+    serve.add_argument(
+        "--log-format", help="log lines as text or json (default: GPUCAP_LOG_FORMAT or text)"
+    )
     serve.set_defaults(func=_serve)
 
     migrate = sub.add_parser("migrate", help="bring the database schema up to date")
@@ -77,9 +94,7 @@ def register(subparsers: Any) -> None:
     token.add_argument(
         "--list", action="store_true", help="list the issued tokens (never a token or its hash)"
     )
-    token.add_argument(
-        "--format", choices=("table", "json", "csv"), help="format of --list (default table)"
-    )
+    output.add_format_flags(token, default=None, what=" of --list")
     token.set_defaults(func=_token)
 
     verify = sub.add_parser(
@@ -121,11 +136,12 @@ def register(subparsers: Any) -> None:
     db_flag(nodes)
     nodes.add_argument(
         "--ledger",
-        help="read GET /v1/nodes from this ledger instead (token from GPUCAP_TOKEN; "
-        "GPUCAP_LEDGER alone does not switch from the database)",
+        help="read GET /v1/nodes from this ledger instead (token: --token-file, "
+        "GPUCAP_TOKEN_FILE or GPUCAP_TOKEN; GPUCAP_LEDGER alone does not switch from the database)",
     )
     nodes.add_argument("--site", help="only this site's nodes")
-    nodes.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    output.add_format_flags(nodes)
+    add_client_flags(nodes)
     nodes.set_defaults(func=_nodes, as_of=None)
 
     from gpucap.ledger import audit_cli
@@ -140,6 +156,7 @@ def register(subparsers: Any) -> None:
         "--known-at", help="the record as the log held it: ISO 8601 instant or log:N"
     )
     headroom.add_argument("--format", choices=("table", "json"), default="table")
+    add_client_flags(headroom)
     headroom.set_defaults(func=_headroom)
 
     whatif = subparsers.add_parser("whatif", help="would adding devices at a site be allowed?")
@@ -152,6 +169,7 @@ def register(subparsers: Any) -> None:
         "--known-at", help="the record as the log held it: ISO 8601 instant or log:N"
     )
     whatif.add_argument("--format", choices=("table", "json"), default="table")
+    add_client_flags(whatif)
     whatif.set_defaults(func=_whatif)
 
     logp = subparsers.add_parser("log", help="verify a ledger's transparency log from outside")
@@ -165,6 +183,7 @@ def register(subparsers: Any) -> None:
     lverify.add_argument(
         "--entries", action="store_true", help="download every entry and recompute the root"
     )
+    add_client_flags(lverify)
     lverify.set_defaults(func=_log_verify)
 
 
@@ -189,6 +208,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from gpucap.core import logsetup
     from gpucap.ledger import listeners
     from gpucap.ledger.app import create_app
     from gpucap.ledger.service import Ledger, serving_policy
@@ -204,7 +224,15 @@ def _serve(args: argparse.Namespace) -> int:
         limit_concurrency=args.limit_concurrency,
         metrics_host=args.metrics_host,
         metrics_port=args.metrics_port,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        log_format=args.log_format,
     )
+    logsetup.configure(settings.log_format)  # before anything logs: every line in one format
+    if settings.tls_cert is not None:  # a wrong file is exit 2 naming its flag, not a traceback
+        from gpucap.core.credfiles import check_server_pair
+
+        check_server_pair(settings.tls_cert, settings.tls_key)
     # Migrate and record the registry before serving, so that a bad file or an unreachable
     # database is one error line and exit 2/3, not a failed startup inside the server.
     store = Store.open(settings)
@@ -219,7 +247,11 @@ def _serve(args: argparse.Namespace) -> int:
         "access_log": settings.access_log,
         "http": guarded_protocol(settings.header_timeout_s, settings.body_timeout_s),
         "limit_concurrency": settings.limit_concurrency,
+        "log_config": logsetup.log_config(settings.log_format),
     }
+    if settings.tls_cert is not None:  # the API, the metrics listener and every worker
+        options.update(ssl_certfile=str(settings.tls_cert), ssl_keyfile=str(settings.tls_key))
+    listeners.warn_plain_http(settings)
     if settings.workers > 1:
         from gpucap.ledger import workers
 
@@ -257,21 +289,22 @@ def _serve(args: argparse.Namespace) -> int:
 def _reload(led: Any, path: Path) -> None:
     """Re-read the registry on SIGHUP (in a thread of `serve` or of the workers' supervisor).
 
-    Whatever goes wrong is one line on stderr (naming the field for a bad file) and the old
-    registry stays in force: nothing may escape into the thread's traceback printer.
+    A success is logged by `load_registry_file` with the digest in force. Whatever goes wrong
+    is one error line (naming the field for a bad file) and the old registry stays in force:
+    nothing may escape into the thread's traceback printer.
     """
+    import logging
+
     from gpucap.core.errors import GpucapError
 
+    log = logging.getLogger("gpucap.ledger")
+    stays = "registry not reloaded, the previous one stays"
     try:
         led.load_registry_file(path, actor="sighup")
     except GpucapError as exc:
-        print(f"gpucap: registry not reloaded, the previous one stays: {exc}", file=sys.stderr)
+        log.error("%s: %s", stays, exc, extra={"path": str(path)})
     except Exception as exc:  # a reload must never kill the handler thread
-        print(
-            f"gpucap: registry not reloaded, the previous one stays: {path}: "
-            f"{type(exc).__name__}: {exc}",
-            file=sys.stderr,
-        )
+        log.error("%s: %s: %s: %s", stays, path, type(exc).__name__, exc, extra={"path": str(path)})
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -309,6 +342,8 @@ def _token(args: argparse.Namespace) -> int:
         return _token_list(args)
     if args.format is not None:
         raise InputError("--format", "only with --list")
+    if not args.headers:
+        raise InputError("--no-headers", "only with --list")
     kinds = {
         "node": (args.node or args.site, {"node_id": args.node, "site_id": args.site}),
         "operator": (
@@ -383,7 +418,9 @@ def _token_list(args: argparse.Namespace) -> int:
     finally:
         store.close()
     fmt = args.format or "table"
-    print(listings.render(rows, listings.TOKEN_COLUMNS, fmt, {"tokens": rows}), end="")
+    doc = {"tokens": rows}
+    text = listings.render(rows, listings.TOKEN_COLUMNS, fmt, doc, headers=args.headers)
+    print(text, end="")
     return 0
 
 
@@ -483,7 +520,8 @@ def _nodes(args: argparse.Namespace) -> int:
         finally:
             store.close()
     rows = listings.node_rows(doc)
-    print(listings.render(rows, listings.NODE_COLUMNS, args.format, doc), end="")
+    text = listings.render(rows, listings.NODE_COLUMNS, args.format, doc, headers=args.headers)
+    print(text, end="")
     return 0
 
 
@@ -491,7 +529,7 @@ def _client(args: argparse.Namespace) -> Any:
     """The operators' client, after checking the flags a ledger would refuse (exit 2); the URL
     is `--ledger`, else GPUCAP_LEDGER."""
     from gpucap.core.data import parse_day
-    from gpucap.ledger.client import LedgerClient, ledger_url
+    from gpucap.ledger.client import connect, ledger_url
 
     url = ledger_url(args.ledger, os.environ)
     if args.as_of is not None:
@@ -499,10 +537,7 @@ def _client(args: argparse.Namespace) -> Any:
             parse_day(args.as_of)
         except ValueError as exc:
             raise InputError("--as-of", str(exc)) from None
-    token = os.environ.get("GPUCAP_TOKEN")
-    if not token:
-        raise InputError("GPUCAP_TOKEN", "set it to an operator token (gpucap ledger token)")
-    return LedgerClient(url, token)
+    return connect(args, url, os.environ, "an operator token (gpucap ledger token)")
 
 
 def _headroom(args: argparse.Namespace) -> int:
@@ -552,7 +587,7 @@ def _whatif(args: argparse.Namespace) -> int:
         if binding:
             print(
                 f"binding: {binding['rule']} {binding['scope']} "
-                f"headroom after {binding['headroom_tpp']:,} TPP"
+                f"headroom after {output.tpp_text(binding['headroom_tpp'])} TPP"
             )
         from gpucap.ledger.known import short
 
@@ -567,15 +602,12 @@ def _whatif(args: argparse.Namespace) -> int:
 
 def _log_verify(args: argparse.Namespace) -> int:
     from gpucap.ledger import auditor, note
-    from gpucap.ledger.client import LedgerClient, ledger_url
+    from gpucap.ledger.client import connect, ledger_url
     from gpucap.ledger.errors import VerificationError
 
     url = ledger_url(args.ledger, os.environ)
     key = note.parse_verifier_key(args.key, "--key")
-    token = os.environ.get("GPUCAP_TOKEN")
-    if not token:
-        raise InputError("GPUCAP_TOKEN", "set it to an auditor or operator token")
-    client = LedgerClient(url, token)
+    client = connect(args, url, os.environ, "an auditor or operator token")
     try:
         outcome = auditor.verify(client.fetch, key, args.state, args.entries)
     except VerificationError as exc:

@@ -5,7 +5,8 @@ them sees past entity scoping. `GPUCAP_METRICS_TOKEN` makes a scrape carry
 `Authorization: Bearer TOKEN` (what Prometheus' `authorization` scrape option sends), and
 `--metrics-host/--metrics-port` serve `/metrics` from a second listener (an internal interface)
 and nowhere else. Both servers run in one event loop; the API's server owns the signals and the
-metrics server stops with it.
+metrics server stops with it. With `--tls-cert/--tls-key` both listeners serve HTTPS; without,
+a listener that other machines can reach is logged as a warning at start.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
+import logging
 import socket
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -26,6 +29,36 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
 
     from gpucap.ledger.service import Ledger
+
+
+def beyond_loopback(host: str) -> bool:
+    """Whether a listener bound to `host` can be reached from other machines: any address but
+    a loopback one (`0.0.0.0`, `::`, a LAN address, a host name other than localhost)."""
+    if host.lower() == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return True
+
+
+def warn_plain_http(settings: Settings) -> None:
+    """Log each plain-HTTP listener other machines can reach: bearer tokens and reports would
+    cross the network readable by anyone on the path."""
+    if settings.tls_cert is not None:
+        return
+    hosts = [("API", settings.host)]
+    if settings.metrics_port is not None:
+        hosts.append(("metrics", settings.metrics_host or settings.host))
+    for listener, host in hosts:
+        if beyond_loopback(host):
+            logging.getLogger("gpucap.ledger").warning(
+                "the %s listener serves plain HTTP on %s, beyond this machine: tokens cross the "
+                "network readable; give --tls-cert/--tls-key or put a TLS proxy in front "
+                "(docs/deploy.md)",
+                listener,
+                host,
+            )
 
 
 def check_metrics_token(settings: Settings, header: str | None) -> None:
@@ -45,7 +78,7 @@ def metrics_app(settings: Settings, ledger: Callable[[], Ledger]) -> Starlette:
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
-    from gpucap.ledger.app import metrics_response
+    from gpucap.ledger.app import log_refusal, metrics_response
 
     async def metrics(request: Request) -> Response:
         led = ledger()
@@ -53,6 +86,7 @@ def metrics_app(settings: Settings, ledger: Callable[[], Ledger]) -> Starlette:
             check_metrics_token(settings, request.headers.get("authorization"))
         except AuthError as exc:
             led.refuse(exc)
+            log_refusal(led, request, exc.status_code, exc.reason, exc.detail)
             return JSONResponse(
                 {"detail": exc.detail, "reason": exc.reason},
                 401,

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
+from gpucap.core import output
 from gpucap.core.data import parse_day
-from gpucap.core.errors import InputError
 from gpucap.ledger.errors import AuthError, RejectedError
 
 if TYPE_CHECKING:
@@ -59,6 +59,9 @@ CHECK_FIELDS = (
     "total_tpp",
     "headroom_tpp",
     "headroom_h100e",
+    "share_exact",
+    "limit_share_exact",
+    "headroom_tpp_exact",
 )
 CSV_FIELDS = ("as_of", *CHECK_FIELDS)
 _ON_STEP = "\0 on the step's date"  # stands for " on D" in a warning while steps are folded
@@ -229,11 +232,12 @@ def _answers(
 
 
 # -- renderings --------------------------------------------------------------------------------
-def report_csv(report: Mapping[str, Any]) -> str:
+def report_csv(report: Mapping[str, Any], headers: bool = True) -> str:
     """One row per (step, check) under a header of CSV_FIELDS (a field a check lacks is empty)."""
     out = io.StringIO()
     writer = csv.DictWriter(out, CSV_FIELDS, lineterminator="\n")
-    writer.writeheader()
+    if headers:
+        writer.writeheader()
     for step in report["steps"]:
         for check in step["checks"]:
             writer.writerow({"as_of": step["as_of"], **check})
@@ -242,14 +246,15 @@ def report_csv(report: Mapping[str, Any]) -> str:
 
 def _limit_cell(check: Mapping[str, Any]) -> str:
     if "limit_tpp" in check:
-        return f"{check['limit_tpp']:,.0f}"
+        return output.tpp_text(check["limit_tpp"])
     share = "n/a" if check.get("share") is None else f"{check['share']:.2%}"
     bound = "max" if check["kind"] == "max_share" else "min"
     return f"{share} ({bound} {check['limit_share']:.0%})"
 
 
-def report_table(report: Mapping[str, Any], width: int = 200) -> str:
-    """The report for people: the header, then one block per check with a row per step."""
+def report_table(report: Mapping[str, Any], width: int = 200, headers: bool = True) -> str:
+    """The report for people: the header, then one block per check with a row per step (under
+    its column headings unless `headers` is False); TPP whole, H100e to two decimals."""
     from rich import box
     from rich.console import Console
     from rich.table import Table
@@ -277,7 +282,7 @@ def report_table(report: Mapping[str, Any], width: int = 200) -> str:
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, force_terminal=False, color_system=None)
     for key in sorted(blocks, key=lambda k: (k not in ever, k)):
-        table = Table(box=box.SIMPLE_HEAD, title_justify="left")
+        table = Table(box=box.SIMPLE_HEAD, title_justify="left", show_header=headers)
         for name, justify in (
             ("as of", "left"),
             ("status", "left"),
@@ -285,14 +290,15 @@ def report_table(report: Mapping[str, Any], width: int = 200) -> str:
             ("limit", "right"),
             ("headroom TPP (H100e)", "right"),
         ):
-            table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]  # rich's JustifyMethod is a Literal
+            # As wide as its heading, shown or not: rows read the same without the headings.
+            table.add_column(name, justify=justify, no_wrap=True, min_width=len(name))  # type: ignore[arg-type]  # rich's JustifyMethod is a Literal
         for as_of, c in blocks[key]:
             table.add_row(
                 as_of,
                 "BREACH" if c["status"] == "breach" else "ok",
-                f"{c['used_tpp']:,.0f}",
+                output.tpp_text(c["used_tpp"]),
                 _limit_cell(c),
-                f"{c['headroom_tpp']:,.0f} ({c['headroom_h100e']:,.1f})",
+                f"{output.tpp_text(c['headroom_tpp'])} ({output.h100e_text(c['headroom_h100e'])})",
             )
         console.print(f"\n{key[0]} {key[1]} ({kinds[key]})", markup=False, highlight=False)
         console.print(table)
@@ -303,13 +309,14 @@ def report_table(report: Mapping[str, Any], width: int = 200) -> str:
     return "\n".join([rule, *lines, rule, *body, *tail]) + "\n"
 
 
-def render(report: Mapping[str, Any], fmt: str) -> str:
-    """The report as `table`, `json` or `csv` text."""
-    if fmt == "json":
-        return json.dumps(report, indent=2) + "\n"
+def render(report: Mapping[str, Any], fmt: str, headers: bool = True) -> str:
+    """The report as `table`, `csv` (without header rows when `headers` is False), or `json`
+    or `yaml` text (the same document)."""
+    if fmt in ("json", "yaml"):
+        return output.document(report, fmt)
     if fmt == "csv":
-        return report_csv(report)
-    return report_table(report)
+        return report_csv(report, headers)
+    return report_table(report, headers=headers)
 
 
 # -- the API -----------------------------------------------------------------------------------
@@ -362,28 +369,28 @@ def register(subparsers: Any) -> None:
     report.add_argument(
         "--known-at", help="the record as the log held it: ISO 8601 instant or log:N"
     )
-    report.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    output.add_format_flags(report)
+    from gpucap.ledger.client import add_client_flags
+
+    add_client_flags(report)
     report.set_defaults(func=_report)
 
 
 def _report(args: argparse.Namespace) -> int:
-    from gpucap.ledger.client import LedgerClient, ledger_url
+    from gpucap.ledger.client import connect, ledger_url
 
     url = ledger_url(args.ledger, os.environ)
     from gpucap.ledger.audit_cli import known_at_param
 
     parse_period(args.start, args.end, args.step, prefix="--")  # exit 2 before any request
     known = known_at_param(args.known_at)
-    token = os.environ.get("GPUCAP_TOKEN")
-    if not token:
-        raise InputError("GPUCAP_TOKEN", "set it to an operator or auditor token")
     # A long period over a large fleet is many evaluations: wait longer than for one answer.
-    client = LedgerClient(url, token, timeout_s=600.0)
+    client = connect(args, url, os.environ, "an operator or auditor token", timeout_s=600.0)
     try:
         answer = client.report(args.start, args.end, args.step, args.scope, known)
     finally:
         client.close()
-    print(render(answer, args.format), end="")
+    print(render(answer, args.format, args.headers), end="")
     if args.format == "table":
         from gpucap.ledger.known import short
 

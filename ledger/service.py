@@ -107,12 +107,33 @@ class Ledger:
 
     # -- registry -------------------------------------------------------------------------
     def load_registry_file(self, path: Path, actor: str = "registry-file") -> bool:
-        """Validate and record the registry file; True when it changed the ledger's registry."""
+        """Validate and record the registry file; True when it changed the ledger's registry.
+        One log line either way, with the digest now recorded (what the next `registry`
+        entry names as `previous_digest`), so that an operator can tell what is in force."""
         doc = registry_doc(path, self.catalogue)
+        with self.store.read() as conn:
+            before = db.registry_digest(conn)
         changed = ingest.set_registry(self.store, doc, str(path), self.now(), actor)
+        with self.store.read() as conn:
+            digest = db.registry_digest(conn)
         if changed:
-            _logger.info("registry %s recorded in the log", path)
+            _logger.info(
+                "registry %s recorded in the log by %s: digest %s, previous %s",
+                path,
+                actor,
+                digest,
+                before or "none",
+                extra={"path": str(path), "digest": digest, "previous_digest": before},
+            )
             self.integrator.wake()
+        else:
+            _logger.info(
+                "registry %s read by %s: unchanged, digest %s",
+                path,
+                actor,
+                digest,
+                extra={"path": str(path), "digest": digest},
+            )
         return changed
 
     def registry(self, conn: Connection) -> Fleet:
@@ -234,9 +255,25 @@ class Ledger:
         return principal
 
     def refuse(self, exc: AuthError) -> None:
+        """Count a refusal; the HTTP layer logs it, once, with the client and the route
+        (`app.log_refusal`)."""
         with self._lock:
             self.auth_refusals_total[exc.reason] += 1
-        _logger.warning("refused (%s): %s", exc.reason, exc.detail)
+
+    def token_id_of(self, header: str | None) -> str | None:
+        """The id of an `Authorization: Bearer` header's token when its signature verifies
+        (revoked, expired or of the wrong kind included), for a refusal's log line; None for
+        a forged or malformed one, whose claimed id anyone could have written."""
+        scheme, _, token = (header or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        principal = self._verified.get(token)
+        if principal is None:
+            try:
+                principal = tokens.verify(token.strip(), self.key)
+            except AuthError:
+                return None
+        return principal.token_id
 
     # -- headroom -------------------------------------------------------------------------
     def evaluation(self, as_of: date) -> tuple[Evaluation, Fleet]:

@@ -1,7 +1,9 @@
 """Ledger configuration: CLI flags first, then GPUCAP_* variables, then defaults.
 
 Nothing here is read at import time; `Settings.from_env(environ, **overrides)` is called by the
-CLI (or a test) and the result is handed to `create_app(settings)`.
+CLI (or a test) and the result is handed to `create_app(settings)`. The secrets can come from
+files (GPUCAP_LEDGER_SECRET_FILE, GPUCAP_METRICS_TOKEN_FILE: a systemd credential, a Secret
+volume), which keeps them out of the environment; a variable and its file both set is exit 2.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gpucap.core import logsetup
+from gpucap.core.credfiles import read_secret
 from gpucap.core.errors import InputError
 
 DEFAULT_DB = "sqlite:///gpucap.db"
@@ -33,6 +37,7 @@ class Settings:
     port: int = 8470
     workers: int = 1  # `serve` worker processes on one database
     access_log: bool = False  # uvicorn's per-request log line (costly at thousands of reports/s)
+    log_format: str = "text"  # the daemon's log lines: text or json (gpucap.core.logsetup)
     secret: str | None = None  # token signing key; None: the key stored in the database
     report_interval_s: float = (
         60.0  # the agents' reporting interval (the agent default, GPUCAP_INTERVAL)
@@ -46,6 +51,8 @@ class Settings:
     metrics_token: str | None = None  # bearer token a /metrics scrape must carry; None: none
     metrics_host: str | None = None  # the metrics listener's address (None: the API's host)
     metrics_port: int | None = None  # serve /metrics here only; None: on the API's port
+    tls_cert: Path | None = None  # PEM certificate chain: the listeners serve HTTPS
+    tls_key: Path | None = None  # its unencrypted PEM private key
     sqlite_synchronous: str = "FULL"  # FULL: a commit is on disk before the reply
     log_origin: str | None = None  # checkpoint origin and key name; None: from the ledger's id
     log_key_file: Path | None = None  # Ed25519 PEM key; None: the key kept in the database
@@ -78,6 +85,21 @@ class Settings:
             values["registry"] = Path(environ["GPUCAP_REGISTRY"])
         if environ.get("GPUCAP_LOG_KEY_FILE"):
             values["log_key_file"] = Path(environ["GPUCAP_LOG_KEY_FILE"])
+        for var, name in (
+            ("GPUCAP_LEDGER_TLS_CERT", "tls_cert"),
+            ("GPUCAP_LEDGER_TLS_KEY", "tls_key"),
+        ):
+            if environ.get(var):
+                values[name] = Path(environ[var])
+        secret_files = {
+            "GPUCAP_LEDGER_SECRET_FILE": ("GPUCAP_LEDGER_SECRET", "secret"),
+            "GPUCAP_METRICS_TOKEN_FILE": ("GPUCAP_METRICS_TOKEN", "metrics_token"),
+        }
+        for file_var, (var, name) in secret_files.items():
+            if environ.get(file_var):
+                if environ.get(var):
+                    raise InputError(file_var, f"set {var} or {file_var}, not both")
+                values[name] = read_secret(Path(environ[file_var]), file_var)
         numbers: dict[str, tuple[str, type[int] | type[float]]] = {
             "GPUCAP_LEDGER_PORT": ("port", int),
             "GPUCAP_LEDGER_WORKERS": ("workers", int),
@@ -107,7 +129,11 @@ class Settings:
             if flag not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
                 raise InputError("GPUCAP_LEDGER_ACCESS_LOG", f"expected 1 or 0, got {flag!r}")
             values["access_log"] = flag in ("1", "true", "yes", "on")
+        if environ.get(logsetup.ENV):
+            values["log_format"] = logsetup.check_format(environ[logsetup.ENV], logsetup.ENV)
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if overrides.get("log_format") is not None:
+            values["log_format"] = logsetup.check_format(overrides["log_format"], "--log-format")
         settings = replace(base, **values)
         if not 1 <= settings.port <= 65535:
             raise InputError("--port", f"must be a TCP port, 1 to 65535, got {settings.port}")
@@ -117,6 +143,9 @@ class Settings:
             )
         if settings.metrics_port is not None and settings.metrics_port == settings.port:
             raise InputError("--metrics-port", "must differ from --port")
+        if (settings.tls_cert is None) != (settings.tls_key is None):
+            missing = "--tls-cert" if settings.tls_cert is None else "--tls-key"
+            raise InputError(missing, "give --tls-cert and --tls-key together")
         if settings.metrics_token is not None and len(settings.metrics_token) < 16:
             raise InputError("GPUCAP_METRICS_TOKEN", "must be at least 16 characters")
         for name, flag in (

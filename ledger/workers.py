@@ -13,6 +13,7 @@ the supervisor exits 1, so that the service manager restarts the whole set.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -26,6 +27,8 @@ from typing import Any
 from gpucap.ledger.service import Ledger, serving_policy
 from gpucap.ledger.settings import Settings
 
+_logger = logging.getLogger("gpucap.ledger")
+
 
 def serve(
     settings: Settings,
@@ -36,11 +39,17 @@ def serve(
     """Run `settings.workers` worker processes until SIGTERM/SIGINT; the exit status."""
     import uvicorn
 
-    sock = uvicorn.Config("unused:app", host=settings.host, port=settings.port).bind_socket()
+    # Configs only to bind with: log_config None keeps uvicorn's own logging setup off, so
+    # that the supervisor's lines stay in the format `serve` configured.
+    sock = uvicorn.Config(
+        "unused:app", host=settings.host, port=settings.port, log_config=None
+    ).bind_socket()
     msock = None
     if settings.metrics_port is not None:
         host = settings.metrics_host or settings.host
-        msock = uvicorn.Config("unused:app", host=host, port=settings.metrics_port).bind_socket()
+        msock = uvicorn.Config(
+            "unused:app", host=host, port=settings.metrics_port, log_config=None
+        ).bind_socket()
     ledger.store.close()  # the workers open their own connections and writer-lock file
     alive: set[int] = set()
     for _ in range(settings.workers):
@@ -80,7 +89,7 @@ def serve(
                 break
             alive.discard(pid)
             if not stopping.is_set():
-                print(f"gpucap: ledger worker {pid} exited; stopping the others", file=sys.stderr)
+                _logger.error("ledger worker %d exited; stopping the others", pid)
                 code = 1
                 stop()
     finally:
