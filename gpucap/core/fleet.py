@@ -28,12 +28,14 @@ class CountryFacts:
 
 @dataclass(frozen=True)
 class Entity:
-    """An owner of compute; `nveu_countries` are the countries of its NVEU authorisation."""
+    """An owner of compute; `nveu_countries` are the countries of its NVEU authorisation;
+    `parent` the id of the entity that controls it (chains end at an entity without one)."""
 
     id: str
     headquarters: str
     status: EntityStatus = "none"
     nveu_countries: frozenset[str] = frozenset()
+    parent: str | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,8 @@ class Line:
     removed: date | None = None
     basis: Basis = "standard"
     model: str | None = None
+    licence: str | None = None  # the licence the line is deployed under (declared or by serial)
+    observed: bool = False  # its licence comes from shipped serials seen by the ledger
 
     @property
     def tpp(self) -> Fraction:
@@ -68,8 +72,45 @@ class Line:
 
 
 @dataclass(frozen=True)
+class Licence:
+    """An export licence held by `licensee` for the sites it names and/or the sites in the
+    countries it names, valid from `valid_from` through `valid_until` (inclusive; None: open).
+
+    The quantity is `limit_tpp`, or `limit_units` devices of the catalogue model `unit_model`,
+    whose TPP (`unit_tpp`) the scenario resolves. `classes` None: the pack's licensable classes.
+    """
+
+    id: str
+    licensee: str
+    sites: frozenset[str]
+    countries: frozenset[str]
+    valid_from: date
+    valid_until: date | None = None
+    limit_tpp: Fraction | None = None
+    limit_units: int | None = None
+    unit_model: str | None = None
+    unit_tpp: Fraction | None = None
+    classes: frozenset[str] | None = None
+    conditions: str | None = None
+
+
+@dataclass(frozen=True)
+class Shipment:
+    """Devices shipped under a licence to a site, by serial."""
+
+    id: str
+    licence: str
+    site: str
+    shipped: date
+    model: str
+    serials: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Fleet:
-    """Everything the engine needs besides the rule pack and the date."""
+    """Everything the engine needs besides the rule packs and the date.
+
+    `ruleset` is the first of `rulesets`, the packs evaluated together (in the order given)."""
 
     ruleset: str
     entities: tuple[Entity, ...]
@@ -77,3 +118,11 @@ class Fleet:
     lines: tuple[Line, ...]
     countries: Mapping[str, CountryFacts] = field(default_factory=dict)
     as_of: date | None = None  # the date the scenario names, if any
+    rulesets: tuple[str, ...] = ()  # () means (ruleset,)
+    licences: tuple[Licence, ...] = ()
+    shipments: tuple[Shipment, ...] = ()
+
+    @property
+    def packs(self) -> tuple[str, ...]:
+        """The ids of the packs to evaluate, in order."""
+        return self.rulesets or (self.ruleset,)

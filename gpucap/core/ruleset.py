@@ -39,7 +39,7 @@ class StatusPeriod:
     """The pack's legal status from `start` until the next period begins."""
 
     start: date
-    value: str  # in_force | rescinded_not_enforced | ...
+    value: str  # in_force | not_enforced | ...
     note: str
     provenance: Provenance
 

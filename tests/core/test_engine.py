@@ -264,5 +264,5 @@ def test_ruleset_state_on_dates() -> None:
     live = run(f, D(2025, 3, 1)).ruleset
     assert (live.status, live.in_force, live.warnings) == ("in_force", True, ())
     late = run(f, D(2025, 5, 13)).ruleset
-    assert (late.status, late.in_force) == ("rescinded_not_enforced", False)
+    assert (late.status, late.in_force) == ("not_enforced", False)
     assert "not an enforced limit" in late.warnings[0]

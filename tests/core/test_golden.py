@@ -48,7 +48,7 @@ def test_table_format_lists_breaches_first(capsys: pytest.CaptureFixture[str]) -
     rows = [ln for ln in out.splitlines() if ln.strip().startswith(("BREACH", "ok"))]
     assert rows[0].strip().startswith("BREACH")
     assert "1,583,200 (100.00)" in rows[0]  # thousands separators, H100e to two decimals
-    assert "warning: us-bis-ai-diffusion-2025 is rescinded_not_enforced" in out
+    assert "warning: us-bis-ai-diffusion-2025 is not_enforced" in out
 
 
 def test_as_of_flag_overrides_the_file(capsys: pytest.CaptureFixture[str]) -> None:
