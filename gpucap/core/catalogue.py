@@ -37,6 +37,10 @@ class Accelerator:
     source: str
     confidence: str
     classification: Classification
+    # Total DRAM bandwidth in GB/s (decimal), where published, with its own provenance.
+    memory_bandwidth_gbps: float | None = None
+    memory_bandwidth_source: str | None = None
+    memory_bandwidth_confidence: str | None = None
 
     @property
     def eccn_class(self) -> str:
@@ -115,6 +119,32 @@ def _text(raw: dict[str, Any], key: str, path: str) -> str:
     return value
 
 
+CONFIDENCE_LABELS = ("primary", "secondary", "derived", "unconfirmed")
+_BANDWIDTH_KEYS = ("memory_bandwidth_source", "memory_bandwidth_confidence")
+
+
+def _bandwidth(raw: dict[str, Any], path: str) -> tuple[float | None, str | None, str | None]:
+    """`memory_bandwidth_gbps` with its source and confidence, or three Nones when absent."""
+    value = raw.get("memory_bandwidth_gbps")
+    if value is None:
+        for key in _BANDWIDTH_KEYS:
+            if key in raw:
+                raise DataError(f"{path}.{key}", "given without memory_bandwidth_gbps")
+        return None, None, None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise DataError(
+            f"{path}.memory_bandwidth_gbps", f"expected a positive number of GB/s, got {value!r}"
+        )
+    source = _text(raw, "memory_bandwidth_source", path)
+    confidence = _text(raw, "memory_bandwidth_confidence", path)
+    if confidence not in CONFIDENCE_LABELS:
+        raise DataError(
+            f"{path}.memory_bandwidth_confidence",
+            f"expected one of {' | '.join(CONFIDENCE_LABELS)}, got {confidence!r}",
+        )
+    return value, source, confidence
+
+
 def parse_catalogue(doc: Any, thresholds: Thresholds, origin: str = "catalogue") -> Catalogue:
     """Validate a parsed catalogue file and classify every model in it."""
     top = require_mapping(doc, origin)
@@ -143,6 +173,7 @@ def parse_catalogue(doc: Any, thresholds: Thresholds, origin: str = "catalogue")
         names = raw.get("nvml_names") or []
         if not isinstance(ids, list) or not isinstance(names, list):
             raise DataError(path, "pci_device_ids and nvml_names must be lists")
+        bandwidth, bandwidth_source, bandwidth_confidence = _bandwidth(raw, path)
         models.append(
             Accelerator(
                 id=model_id,
@@ -161,6 +192,9 @@ def parse_catalogue(doc: Any, thresholds: Thresholds, origin: str = "catalogue")
                 source=_text(raw, "source", path),
                 confidence=_text(raw, "confidence", path),
                 classification=classify(tpp, area, datacenter, thresholds),
+                memory_bandwidth_gbps=bandwidth,
+                memory_bandwidth_source=bandwidth_source,
+                memory_bandwidth_confidence=bandwidth_confidence,
             )
         )
     ref_id = _text(top, "h100e_reference_model", origin)
