@@ -194,7 +194,8 @@ class Document:
     def _check(self, i: int) -> dict[str, Any]:
         out = self._check_dicts[i]
         if out is None:
-            out = self._check_dicts[i] = check_to_dict(self._checks[i], self._ev.h100e_tpp)
+            ev = self._ev
+            out = self._check_dicts[i] = check_to_dict(self._checks[i], ev.h100e_tpp, ev.ruleset.id)
         return out
 
     def _site(self, i: int) -> dict[str, Any]:

@@ -168,7 +168,12 @@ _PROVENANCE = _obj(
 )
 _RULESET = _obj(("id", "version", "status"), id=_TEXT, version=_TEXT, status=_TEXT)
 _CHECK = _obj(
-    ("rule", "kind", "scope", "status"), rule=_TEXT, kind=_TEXT, scope=_TEXT, status=_TEXT
+    ("rule", "kind", "scope", "status"),
+    ruleset=_TEXT,  # the id of the pack the check belongs to (every check of a headroom answer)
+    rule=_TEXT,
+    kind=_TEXT,
+    scope=_TEXT,
+    status=_TEXT,
 )
 _CHECKS = {"type": "array", "items": _schema("Check")}
 
@@ -194,8 +199,9 @@ ANSWER_SCHEMAS: dict[str, dict[str, Any]] = {
         ]
     },
     "Headroom": _obj(
-        ("ruleset", "as_of", "verdict", "checks", "provenance"),
-        ruleset=_schema("Ruleset"),
+        ("ruleset", "rulesets", "as_of", "verdict", "checks", "provenance"),
+        ruleset=_schema("Ruleset"),  # the first of `rulesets`, the packs evaluated (one today)
+        rulesets={"type": "array", "items": _schema("Ruleset")},
         as_of=_TEXT,
         verdict=_TEXT,
         h100e_tpp=_NUMBER,

@@ -30,6 +30,7 @@ from gpucap.core.engine import Evaluation, evaluate
 from gpucap.core.errors import GpucapError, InputError
 from gpucap.core.fleet import Fleet
 from gpucap.core.ruleset import RulePack, load_ruleset
+from gpucap.core.scenario import fleet_packs
 from gpucap.exporters.snapshots import CapSample, LedgerSnapshot, SiteSample
 from gpucap.ledger import db, events, heap, ingest, inventory, log, reconcile, tokens
 from gpucap.ledger.batcher import GroupCommitter
@@ -56,7 +57,10 @@ def registry_doc(path: Path, catalogue: Catalogue) -> Any:
     raw = read_yaml(path, error=InputError)  # a file that is not UTF-8 is an InputError too
     doc = json.loads(json.dumps(raw, default=str))
     fleet = ingest.load_registry_doc(doc, path.name, catalogue)
-    pack = load_ruleset(fleet.ruleset)
+    if len(fleet.packs) > 1:  # until the ledger evaluates several packs together
+        listed = ", ".join(fleet.packs)
+        raise InputError("rulesets", f"the ledger evaluates one rule pack; this lists {listed}")
+    (pack,) = fleet_packs(fleet)
     evaluate(fleet, pack, fleet.as_of or date.today())  # rule-dependent checks (UVEU tier)
     return doc
 

@@ -36,11 +36,17 @@ def _as_of(text: str) -> date:
 def register(subparsers: Any) -> None:
     ev = subparsers.add_parser(
         "evaluate",
-        help="evaluate a scenario file against its rule pack",
+        help="evaluate a scenario file against its rule packs",
         description="Exit 0: nothing breached; 1: a cap is breached; 2: invalid input.",
     )
     ev.add_argument("scenario", type=Path, help="scenario file (YAML or JSON)")
     ev.add_argument("--as-of", help="evaluation date YYYY-MM-DD (overrides the file's as_of)")
+    ev.add_argument(
+        "--ruleset",
+        action="append",
+        metavar="ID",
+        help="rule pack to evaluate; repeat for several (overrides the file's ruleset/rulesets)",
+    )
     output.add_format_flags(ev, formats=output.DOCUMENT_FORMATS)
     ev.set_defaults(func=run_evaluate)
 
@@ -50,23 +56,29 @@ def register(subparsers: Any) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from gpucap.core.engine import evaluate
-    from gpucap.core.report import evaluation_to_dict, render_table
-    from gpucap.core.ruleset import load_ruleset
-    from gpucap.core.scenario import load_scenario
+    from gpucap.core.report import document, render_document
+    from gpucap.core.scenario import fleet_packs, load_packs, load_scenario
 
     as_of = _as_of(args.as_of) if args.as_of else None
     fleet = load_scenario(args.scenario)
-    pack = load_ruleset(fleet.ruleset)
+    if args.ruleset:
+        packs = load_packs(args.ruleset, "--ruleset", indexed=False)
+        ids = tuple(p.id for p in packs)
+        fleet = replace(fleet, ruleset=ids[0], rulesets=ids)
+    else:
+        packs = fleet_packs(fleet)
     as_of = as_of or fleet.as_of
     if as_of is None:
         raise InputError("as_of", "no evaluation date: set as_of in the file or pass --as-of")
-    result = evaluate(fleet, pack, as_of)
+    doc = document([evaluate(fleet, pack, as_of) for pack in packs])
     if args.format in ("json", "yaml"):
-        sys.stdout.write(output.document(evaluation_to_dict(result), args.format))
+        sys.stdout.write(output.document(doc, args.format))
     else:
-        sys.stdout.write(render_table(result))
-    return 1 if result.verdict == "breach" else 0
+        sys.stdout.write(render_document(doc))
+    return 1 if doc["verdict"] == "breach" else 0
 
 
 def catalogue_rows() -> list[dict[str, Any]]:
@@ -94,6 +106,9 @@ def catalogue_rows() -> list[dict[str, Any]]:
                 "eccn_class": acc.eccn_class,
                 "eccn_paragraph": acc.classification.paragraph,
                 "tpp_basis": acc.tpp_basis,
+                "memory_bandwidth_gbps": acc.memory_bandwidth_gbps,
+                "memory_bandwidth_source": acc.memory_bandwidth_source,
+                "memory_bandwidth_confidence": acc.memory_bandwidth_confidence,
                 "source": acc.source,
                 "confidence": acc.confidence,
             }

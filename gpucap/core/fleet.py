@@ -78,6 +78,8 @@ class Licence:
 
     The quantity is `limit_tpp`, or `limit_units` devices of the catalogue model `unit_model`,
     whose TPP (`unit_tpp`) the scenario resolves. `classes` None: the pack's licensable classes.
+    A named site may belong to an entity other than the licensee: valid input, which the rules
+    report as not covered.
     """
 
     id: str

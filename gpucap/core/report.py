@@ -1,4 +1,9 @@
-"""Projections of an `Evaluation`: the JSON document and the table for people.
+"""Projections of evaluations: the JSON document and the table for people.
+
+One document holds the evaluations of one or more rule packs on one date (`document`): each
+check names its pack (`ruleset`), `rulesets` holds each pack's state in order and `ruleset` the
+first's, and the verdict is `breach` when any check of any pack is. A single-pack document has
+the same shape (`evaluation_to_dict`), so that every consumer reads one format.
 
 JSON numbers: a TPP figure is an integer where it is whole, else the nearest float; H100e is
 rounded to 3 decimals; shares are the nearest floats. The engine's arithmetic is exact
@@ -11,6 +16,7 @@ decimals (`gpucap.core.output`).
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
 
@@ -40,9 +46,11 @@ def h100e_number(value: Fraction, h100e_tpp: Fraction) -> float:
     return round(num / (value.denominator * h100e_tpp.numerator), 3)
 
 
-def check_to_dict(check: Check, h100e_tpp: Fraction) -> dict[str, Any]:
-    """One check as JSON: caps carry limit_tpp, share rules share and limit_share."""
-    out: dict[str, Any] = {
+def check_to_dict(check: Check, h100e_tpp: Fraction, ruleset: str | None = None) -> dict[str, Any]:
+    """One check as JSON: caps carry limit_tpp, share rules share and limit_share; `ruleset`,
+    the id of the pack it belongs to, comes first (documents always give it)."""
+    out: dict[str, Any] = {} if ruleset is None else {"ruleset": ruleset}
+    out |= {
         "rule": check.rule,
         "kind": check.kind,
         "scope": check.scope,
@@ -60,6 +68,9 @@ def check_to_dict(check: Check, h100e_tpp: Fraction) -> dict[str, Any]:
         out["limit_share"] = float(limit_share)
         out["limit_share_exact"] = exact_text(limit_share)
         out["total_tpp"] = tpp_number(check.total_tpp or Fraction(0))
+    if check.tolerated_tpp is not None:  # headquarters_control: reported, not counted
+        out["tolerated_tpp"] = tpp_number(check.tolerated_tpp)
+        out["tolerated_h100e"] = h100e_number(check.tolerated_tpp, h100e_tpp)
     out["headroom_tpp"] = tpp_number(check.headroom_tpp)
     out["headroom_tpp_exact"] = exact_text(check.headroom_tpp)
     out["headroom_h100e"] = h100e_number(check.headroom_tpp, h100e_tpp)
@@ -94,38 +105,82 @@ def ordered_checks(checks: tuple[Check, ...] | list[Check]) -> list[Check]:
 def evaluation_to_dict(
     ev: Evaluation, site_entries: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
-    """The `gpucap evaluate --format json` document.
+    """The `gpucap evaluate --format json` document of one pack: `document([ev])`."""
+    return document([ev], site_entries)
 
-    `site_entries`: the `site_to_dict` of each of `ev.sites`, when the caller has them already
-    (the ledger reuses an unchanged site's entry from its previous document).
+
+def document(
+    evaluations: Sequence[Evaluation], site_entries: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The document of the evaluations of one or more packs on one date, in the order given.
+
+    Checks: breaches first, then by pack (in order), rule and scope. Sites: one list when every
+    pack sees each site alike (tier, treated_as, counted TPP and devices), else one entry per
+    pack and site, pack by pack, each naming its pack (`ruleset`). `site_entries`: the sites
+    section, when the caller has it already (the ledger reuses an unchanged site's entry).
     """
+    head = document_head(evaluations)
+    keyed = [
+        ((c.status != "breach", k, c.rule, c.scope), c, ev)
+        for k, ev in enumerate(evaluations)
+        for c in ev.checks
+    ]
+    keyed.sort(key=lambda item: item[0])
+    checks = [check_to_dict(c, ev.h100e_tpp, ev.ruleset.id) for _, c, ev in keyed]
+    sites = sites_section(evaluations) if site_entries is None else site_entries
+    return {**head, "checks": checks, "sites": sites}
+
+
+def sites_section(evaluations: Sequence[Evaluation]) -> list[dict[str, Any]]:
+    """The document's `sites` (see `document`)."""
+    first = evaluations[0]
+    if all(ev.sites == first.sites and ev.h100e_tpp == first.h100e_tpp for ev in evaluations):
+        return [site_to_dict(s, first.h100e_tpp) for s in first.sites]
+    return [
+        {"ruleset": ev.ruleset.id, **site_to_dict(s, ev.h100e_tpp)}
+        for ev in evaluations
+        for s in ev.sites
+    ]
+
+
+def ruleset_to_dict(ev: Evaluation) -> dict[str, Any]:
+    """One pack's state on the date; `h100e_tpp` is the reference its checks' H100e use."""
+    state = ev.ruleset
     return {
-        **evaluation_head(ev),
-        "checks": [check_to_dict(c, ev.h100e_tpp) for c in ordered_checks(ev.checks)],
-        "sites": site_entries
-        if site_entries is not None
-        else [site_to_dict(s, ev.h100e_tpp) for s in ev.sites],
+        "id": state.id,
+        "version": state.version,
+        "title": state.title,
+        "citation": state.citation,
+        "status": state.status,
+        "status_since": state.status_since.isoformat() if state.status_since else None,
+        "in_force": state.in_force,
+        "warnings": list(state.warnings),
+        "h100e_tpp": tpp_number(ev.h100e_tpp),
+    }
+
+
+def document_head(evaluations: Sequence[Evaluation]) -> dict[str, Any]:
+    """The document's fields before `checks` and `sites`, in their order. `h100e_tpp` is the
+    first pack's (as `ruleset` is its state)."""
+    if not evaluations:
+        raise ValueError("a document needs at least one evaluation")
+    first = evaluations[0]
+    if any(ev.as_of != first.as_of for ev in evaluations):
+        raise ValueError("a document's evaluations are of one date")
+    states = [ruleset_to_dict(ev) for ev in evaluations]
+    breach = any(ev.verdict == "breach" for ev in evaluations)
+    return {
+        "ruleset": dict(states[0]),
+        "rulesets": states,
+        "as_of": first.as_of.isoformat(),
+        "verdict": "breach" if breach else "ok",
+        "h100e_tpp": tpp_number(first.h100e_tpp),
     }
 
 
 def evaluation_head(ev: Evaluation) -> dict[str, Any]:
-    """The document's fields before `checks` and `sites`, in their order."""
-    state = ev.ruleset
-    return {
-        "ruleset": {
-            "id": state.id,
-            "version": state.version,
-            "title": state.title,
-            "citation": state.citation,
-            "status": state.status,
-            "status_since": state.status_since.isoformat() if state.status_since else None,
-            "in_force": state.in_force,
-            "warnings": list(state.warnings),
-        },
-        "as_of": ev.as_of.isoformat(),
-        "verdict": ev.verdict,
-        "h100e_tpp": tpp_number(ev.h100e_tpp),
-    }
+    """The head of one pack's document: `document_head([ev])`."""
+    return document_head([ev])
 
 
 def _tpp_cell(check: dict[str, Any], figure: str, h100e_tpp: float | None) -> str:
@@ -179,13 +234,28 @@ def checks_table(
 
 
 def render_document(doc: dict[str, Any]) -> str:
-    """An evaluation document (`evaluate --format json`, `/v1/headroom`) as text for people."""
-    rs = doc["ruleset"]
-    lines = [f"{rs['id']} on {doc['as_of']} ({rs['status']}): verdict {doc['verdict'].upper()}"]
-    lines.append(checks_table(doc["checks"], h100e_tpp=doc.get("h100e_tpp")))
-    lines += [f"warning: {w}" for w in rs["warnings"]]
-    lines += [f"note: {c['rule']} {c['scope']}: {c['note']}" for c in doc["checks"] if c["note"]]
+    """An evaluation document (`evaluate --format json`, `/v1/headroom`) as text for people:
+    with several packs, a block per pack (its status, verdict, checks, warnings and notes)."""
+    states = doc.get("rulesets") or [doc["ruleset"]]  # an answer from before `rulesets`
+    if len(states) == 1:
+        rs = states[0]
+        head = f"{rs['id']} on {doc['as_of']} ({rs['status']}): verdict {doc['verdict'].upper()}"
+        return "\n".join([head, *_pack_block(rs, doc["checks"], doc)]) + "\n"
+    lines = [f"{len(states)} rule packs on {doc['as_of']}: verdict {doc['verdict'].upper()}"]
+    for rs in states:
+        checks = [c for c in doc["checks"] if c.get("ruleset") == rs["id"]]
+        verdict = "BREACH" if any(c["status"] == "breach" for c in checks) else "OK"
+        lines += ["", f"{rs['id']} ({rs['status']}): verdict {verdict}"]
+        lines += _pack_block(rs, checks, doc)
     return "\n".join(lines) + "\n"
+
+
+def _pack_block(rs: dict[str, Any], checks: list[dict[str, Any]], doc: dict[str, Any]) -> list[str]:
+    """One pack's table, warnings and notes."""
+    lines = [checks_table(checks, h100e_tpp=rs.get("h100e_tpp", doc.get("h100e_tpp")))]
+    lines += [f"warning: {w}" for w in rs["warnings"]]
+    lines += [f"note: {c['rule']} {c['scope']}: {c['note']}" for c in checks if c["note"]]
+    return lines
 
 
 def render_table(ev: Evaluation) -> str:

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gpucap.cli import main
 
@@ -56,3 +57,18 @@ def test_as_of_flag_overrides_the_file(capsys: pytest.CaptureFixture[str]) -> No
     code = main(["evaluate", str(GOLDEN / "uveu-shares.yaml"), "--as-of", "2025-01-01"])
     assert code == 0
     assert "verdict OK" in capsys.readouterr().out
+
+
+# Scenarios of one pack (`ruleset:`); those naming `rulesets:` make multi-pack documents.
+SINGLE = [n for n in CASES if "rulesets" not in yaml.safe_load((GOLDEN / f"{n}.yaml").read_text())]
+
+
+@pytest.mark.parametrize("name", SINGLE)
+def test_golden_documents_name_their_pack_everywhere(name: str) -> None:
+    """One pack: `rulesets` is `[ruleset]`, every check names it, sites carry no pack."""
+    doc = json.loads((GOLDEN / f"{name}.expected.json").read_text())
+    assert doc["rulesets"] == [doc["ruleset"]]
+    assert doc["ruleset"]["h100e_tpp"] == doc["h100e_tpp"]
+    assert doc["checks"]
+    assert {c["ruleset"] for c in doc["checks"]} == {doc["ruleset"]["id"]}
+    assert all("ruleset" not in s for s in doc["sites"])
