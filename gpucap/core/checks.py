@@ -10,6 +10,13 @@ give the same checks. Headroom is in TPP and may be negative:
   maximum share  (s*T - X) / (1 - s)   TPP that can still be added in that country
   minimum share  R/m - T               TPP that can still be added outside the region
 where T is the entity's installed base, X its base in the country and R its base in the region.
+
+Licence rules (`us-ear-2026`) make prohibitions (limit 0) per site or entity and a cap per
+licence; a component other than None carries what a check reports beside `used_tpp` (tolerated
+TPP; devices a licence names but does not cover, for its note), so it too adds up exactly.
+
+The module is longer than most because every rule kind's bound form sits here, next to the
+others it shares `_cap` and the group conventions with; each class is one kind.
 """
 
 from __future__ import annotations
@@ -20,17 +27,24 @@ from datetime import date
 from fractions import Fraction
 from typing import Literal, cast
 
-from gpucap.core.fleet import Fleet, Site
+from gpucap.core.errors import InputError
+from gpucap.core.fleet import Entity, Fleet, Licence, Site
+from gpucap.core.groups import CountryGroups, Membership
 from gpucap.core.ruleset import (
     ConsigneeAnnual,
     CountryAllocation,
+    DestinationLicence,
+    HeadquartersControl,
+    LicenceQuantity,
     MaxSharePerCountry,
     MinShareInRegion,
+    ModelProhibition,
     NveuInstalledBase,
     Prohibition,
     Provenance,
     Rule,
     RulePack,
+    weakest,
 )
 from gpucap.core.siteparts import Registry, SitePart, Tpp
 
@@ -55,6 +69,7 @@ class Check:
     limit_share: Fraction | None = None
     total_tpp: Fraction | None = None
     note: str | None = None
+    tolerated_tpp: Fraction | None = None  # headquarters_control: not counted, reported
 
 
 class BoundRule:
@@ -294,10 +309,245 @@ class _Prohibition(BoundRule):
         return [_cap(self.rule, "prohibition", f"country:{group}", used, Fraction(0))]
 
 
+def _tpp_words(value: Tpp) -> str:
+    """A TPP figure for a note: whole with thousands separators, else to two decimals."""
+    exact = Fraction(value)
+    return f"{exact.numerator:,}" if exact.denominator == 1 else f"{float(exact):,.2f}"
+
+
+def _resting_on(base: Provenance, extra: list[tuple[str, str]]) -> Provenance:
+    """`base`, as sure as the weakest of it and `extra` (source, confidence) pairs, which its
+    source then cites too."""
+    if not extra:
+        return base
+    sources = [base.source, *sorted({src for src, _ in extra} - {base.source})]
+    labels = [base.confidence, *(conf for _, conf in extra)]
+    return replace(base, source="; ".join(sources), confidence=weakest(labels))
+
+
+def _groups_of(reg: Registry) -> CountryGroups:
+    if reg.groups is None:  # the parser gives every pack with licence rules its groups
+        raise ValueError("the pack has no country groups")
+    return reg.groups
+
+
+class _DestinationLicence(BoundRule):
+    """Per site holding devices that needed a licence when installed, or whose country needs
+    one on the date: the TPP of those devices no licence covers (the limit is 0)."""
+
+    def __init__(self, rule: DestinationLicence, slot: int, fleet: Fleet, reg: Registry) -> None:
+        self.rule, self.slot, self.reg = rule, slot, reg
+        self.as_of = reg.as_of
+        groups = _groups_of(reg)
+        need = reg.destination_need[slot]
+        self.now = {s.id for s in fleet.sites if need[s.id].on(self.as_of)}
+        self.sites = {s.id: s for s in fleet.sites}
+        # A check rests on the country's memberships of the groups the rule names (any date).
+        names = set(rule.group_names)
+        self.provenance: dict[str, Provenance] = {}
+        self.in_groups: dict[str, list[str]] = {}
+        for code in {s.country for s in fleet.sites}:
+            country = groups.resolve(code)
+            held = [p for p in groups.periods if p.country == country and p.group in names]
+            extra = [(p.source, p.confidence) for p in held]
+            extra.append((rule.classes.provenance.source, rule.classes.provenance.confidence))
+            self.provenance[code] = _resting_on(rule.provenance, extra)
+            self.in_groups[code] = sorted(names & groups.groups_of(code, self.as_of))
+
+    def terms(self, site: Site, part: SitePart) -> Sequence[Term]:
+        uncovered, devices = part.destination[self.slot]
+        if devices or site.id in self.now:
+            return ((site.id, None, uncovered),)
+        return ()
+
+    def checks(self, group: Hashable, sums: Sums) -> list[Check]:
+        site = self.sites[str(group)]
+        code, on = site.country, self.as_of
+        where = (
+            code
+            if self.reg.country[site.id] == code
+            else f"{code} (treated as {self.reg.country[site.id]})"
+        )
+        listed = ", ".join(self.in_groups[code]) or "none of the groups the rule names"
+        if site.id in self.now:
+            note = f"{where} is in {listed} on {on}: a destination licence is needed"
+        else:
+            note = (
+                f"{where} needs no destination licence on {on} (in {listed}); devices installed "
+                "while it did still need one"
+            )
+        check = _cap(self.rule, "prohibition", f"site:{group}", sums.get(None, 0), Fraction(0))
+        return [replace(check, provenance=self.provenance[code], note=note)]
+
+
+def _headquarters_chain(
+    entity: Entity,
+    entities: Mapping[str, Entity],
+    rule: HeadquartersControl,
+    groups: CountryGroups,
+    as_of: date,
+) -> tuple[list[Entity], Membership] | None:
+    """The chain from `entity` up its parents to the first whose headquarters is in one of the
+    rule's groups on `as_of`, and that membership; None when none is (a cycle ends the walk)."""
+    chain: list[Entity] = []
+    seen: set[str] = set()
+    current: Entity | None = entity
+    while current is not None and current.id not in seen:
+        chain.append(current)
+        seen.add(current.id)
+        for name in rule.groups:
+            found = groups.membership(current.headquarters, name, as_of)
+            if found is not None:
+                return chain, found
+        current = entities.get(current.parent) if current.parent is not None else None
+    return None
+
+
+class _HeadquartersControl(BoundRule):
+    """Per entity headquartered, or with a parent up its chain headquartered, in the rule's
+    groups and holding sites outside `home`: the TPP no licence covers there (component None)
+    and the part of it tolerated by its install date (component "tolerated")."""
+
+    def __init__(self, rule: HeadquartersControl, slot: int, fleet: Fleet, reg: Registry) -> None:
+        self.rule, self.slot, self.as_of = rule, slot, reg.as_of
+        groups = _groups_of(reg)
+        self.outside = {s.id for s in fleet.sites if reg.country[s.id] not in rule.home}
+        self.found: dict[str, tuple[list[Entity], Membership]] = {}
+        for entity in fleet.entities:
+            hit = _headquarters_chain(entity, reg.entities, rule, groups, self.as_of)
+            abroad = any(s.id in self.outside for s in reg.sites_by_entity.get(entity.id, ()))
+            if hit is not None and abroad:
+                self.found[entity.id] = hit
+        self.groups = [e.id for e in fleet.entities if e.id in self.found]
+
+    def terms(self, site: Site, part: SitePart) -> Sequence[Term]:
+        if site.entity not in self.found or site.id not in self.outside:
+            return ()
+        counted, tolerated = part.headquarters[self.slot]
+        return ((site.entity, None, counted), (site.entity, "tolerated", tolerated))
+
+    def checks(self, group: Hashable, sums: Sums) -> list[Check]:
+        rule = self.rule
+        chain, membership = self.found[str(group)]
+        top = chain[-1]
+        path = " -> ".join(f"{e.id} ({e.headquarters})" for e in chain)
+        where = top.headquarters
+        if membership.country != where:
+            where = f"{where} (treated as {membership.country})"
+        notes = [f"headquarters: {path}; {where} is in {membership.group} on {self.as_of}"]
+        tolerated = sums.get("tolerated", 0)
+        extra = [
+            (membership.source, membership.confidence),
+            (rule.classes.provenance.source, rule.classes.provenance.confidence),
+            (rule.home_provenance.source, rule.home_provenance.confidence),
+        ]
+        if tolerated:
+            notes.append(
+                f"{_tpp_words(tolerated)} TPP installed before {rule.tolerated_before} is "
+                f"tolerated and not counted: {rule.tolerance_note}"
+            )
+            extra.append((rule.tolerance_provenance.source, rule.tolerance_provenance.confidence))
+        scope = f"entity:{group}"
+        check = _cap(rule, "prohibition", scope, sums.get(None, 0), Fraction(0), "; ".join(notes))
+        provenance = _resting_on(rule.provenance, extra)
+        return [replace(check, provenance=provenance, tolerated_tpp=Fraction(tolerated))]
+
+
+class _LicenceQuantity(BoundRule):
+    """Per licence of the fleet: the TPP of the devices it covers installed by the date,
+    removed ones too (component None); and per site and reason the devices and TPP of lines
+    naming it that it does not cover (components ("miss", site, reason, "devices"|"tpp"))."""
+
+    def __init__(self, rule: LicenceQuantity, fleet: Fleet, as_of: date) -> None:
+        self.rule, self.as_of = rule, as_of
+        self.licences: dict[str, Licence] = {}
+        self.limits: dict[str, tuple[Fraction, Provenance, str | None]] = {}
+        for i, lic in enumerate(fleet.licences):
+            self.licences[lic.id] = lic
+            self.limits[lic.id] = self._limit(lic, i)
+        self.groups = [lic.id for lic in fleet.licences]
+
+    def _limit(self, lic: Licence, i: int) -> tuple[Fraction, Provenance, str | None]:
+        rule = self.rule
+        paragraph = f"{rule.provenance.paragraph}: licence {lic.id}"
+        base = replace(rule.provenance, paragraph=paragraph)
+        if lic.limit_tpp is not None:
+            return lic.limit_tpp, base, None
+        if lic.limit_units is None or lic.unit_tpp is None:
+            raise InputError(
+                f"licences[{i}]", "give limit_tpp, or limit_units with a catalogue unit_model"
+            )
+        conversion = rule.conversion
+        provenance = _resting_on(base, [(conversion.source, conversion.confidence)])
+        note = (
+            f"limit {lic.limit_units:,} x {lic.unit_model} at {_tpp_words(lic.unit_tpp)} TPP "
+            f"each: {rule.conversion_note}"
+        )
+        return lic.unit_tpp * lic.limit_units, provenance, note
+
+    def terms(self, site: Site, part: SitePart) -> Sequence[Term]:
+        out: list[Term] = [
+            (lic, None, tpp) for lic, tpp in part.licensed.items() if lic in self.licences
+        ]
+        for (lic, reason), (devices, tpp) in part.unlicensed.items():
+            if lic in self.licences:
+                out.append((lic, ("miss", site.id, reason, "devices"), devices))
+                out.append((lic, ("miss", site.id, reason, "tpp"), tpp))
+        return out
+
+    def checks(self, group: Hashable, sums: Sums) -> list[Check]:
+        lic = self.licences[str(group)]
+        limit, provenance, conversion_note = self.limits[lic.id]
+        notes = [conversion_note] if conversion_note else []
+        if lic.valid_from > self.as_of:
+            notes.append(f"valid from {lic.valid_from}")
+        elif lic.valid_until is not None and lic.valid_until < self.as_of:
+            notes.append(f"validity ended {lic.valid_until}; later installs are not covered")
+        misses: dict[tuple[str, str], dict[str, Tpp]] = {}
+        for component, value in sums.items():
+            if isinstance(component, tuple) and value:
+                _, site_id, reason, figure = component
+                misses.setdefault((site_id, reason), {})[figure] = value
+        if misses:
+            listed = "; ".join(
+                f"site {site_id}: {int(fig.get('devices', 0)):,} devices, "
+                f"{_tpp_words(fig.get('tpp', 0))} TPP ({reason})"
+                for (site_id, reason), fig in sorted(misses.items())
+            )
+            notes.append(f"not counted, as the licence does not cover them: {listed}")
+        if lic.conditions:
+            notes.append(f"conditions (not evaluated): {lic.conditions}")
+        check = _cap(
+            self.rule,
+            "cap",
+            f"licence:{lic.id}",
+            sums.get(None, 0),
+            limit,
+            "; ".join(notes) or None,
+        )
+        return [replace(check, provenance=provenance)]
+
+
+class _ModelProhibition(BoundRule):
+    """Per site holding present devices of a listed model: their TPP (the limit is 0)."""
+
+    def __init__(self, rule: ModelProhibition, slot: int) -> None:
+        self.rule, self.slot = rule, slot
+
+    def terms(self, site: Site, part: SitePart) -> Sequence[Term]:
+        devices, tpp = part.models[self.slot]
+        return ((site.id, None, tpp),) if devices else ()
+
+    def checks(self, group: Hashable, sums: Sums) -> list[Check]:
+        scope = f"site:{group}"
+        used = sums.get(None, 0)
+        return [_cap(self.rule, "prohibition", scope, used, Fraction(0), self.rule.note or None)]
+
+
 def bind(pack: RulePack, fleet: Fleet, reg: Registry, as_of: date) -> tuple[BoundRule, ...]:
     """Every rule of `pack`, in order, on `fleet`'s registry on `as_of`. Line-level rules read
     their slot of a site part (their index among the rules of their kind)."""
-    allocations = annuals = 0
+    allocations = annuals = destinations = headquarters = models = 0
     out: list[BoundRule] = []
     for rule in pack.rules:
         bound: BoundRule
@@ -313,6 +563,17 @@ def bind(pack: RulePack, fleet: Fleet, reg: Registry, as_of: date) -> tuple[Boun
             bound = _MaxSharePerCountry(rule, fleet, reg)
         elif isinstance(rule, MinShareInRegion):
             bound = _MinShareInRegion(rule, fleet, reg)
+        elif isinstance(rule, DestinationLicence):
+            bound = _DestinationLicence(rule, destinations, fleet, reg)
+            destinations += 1
+        elif isinstance(rule, HeadquartersControl):
+            bound = _HeadquartersControl(rule, headquarters, fleet, reg)
+            headquarters += 1
+        elif isinstance(rule, LicenceQuantity):
+            bound = _LicenceQuantity(rule, fleet, as_of)
+        elif isinstance(rule, ModelProhibition):
+            bound = _ModelProhibition(rule, models)
+            models += 1
         else:
             bound = _Prohibition(rule, reg)
         out.append(bound)

@@ -75,7 +75,7 @@ class Evaluation:
 def validate_fleet(fleet: Fleet, pack: RulePack, as_of: date) -> None:
     """Rule-dependent checks of a fleet (UVEU headquarters tier), as InputErrors."""
     for i, entity in enumerate(fleet.entities):
-        if entity.status == "uveu":
+        if entity.status == "uveu" and pack.uveu_headquarters_tier is not None:
             tier = pack.tiers.tier(entity.headquarters, as_of)
             if tier != pack.uveu_headquarters_tier:
                 raise InputError(
@@ -120,6 +120,7 @@ class _Basis:
     def __init__(self, fleet: Fleet, pack: RulePack, as_of: date) -> None:
         self.pack, self.as_of = pack, as_of
         self.sites, self.entities, self.countries = fleet.sites, fleet.entities, fleet.countries
+        self.licences = fleet.licences  # the registry and licence rules read them
         self.registry = Registry(fleet, pack, as_of)
         self.rules = bind(pack, fleet, self.registry, as_of)
         self.position = {s.id: i for i, s in enumerate(fleet.sites)}
@@ -172,6 +173,7 @@ class Tally:
             and basis.sites is fleet.sites
             and basis.entities is fleet.entities
             and basis.countries == fleet.countries
+            and basis.licences == fleet.licences
         )
 
 

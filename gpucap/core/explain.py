@@ -3,9 +3,10 @@
 The engine reduces each site's lines to a part (`siteparts.py`) and each rule adds the parts'
 terms up over groups (`checks.py`). Both steps are sums over lines, so a line's contribution to
 a check is the term that rule makes from a part of that one line, in the check's group. Adding
-the contributions gives the check's figures exactly (int and Fraction sums): `used_tpp`, and for
-share rules `total_tpp` too. Callers may split a line (one observed line into its nodes' devices)
-as long as the pieces add up to the fleet's lines; `explain` checks that they do.
+the contributions gives the check's figures exactly (int and Fraction sums): `used_tpp`, for
+share rules `total_tpp` too, and for headquarters_control `tolerated_tpp`. Callers may split a
+line (one observed line into its nodes' devices) as long as the pieces add up to the fleet's
+lines; `explain` checks that they do.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ class Piece:
 
 @dataclass(frozen=True)
 class Contribution:
-    """A piece's part of one of the check's figures (`used_tpp` or `total_tpp`)."""
+    """A piece's part of one of the check's figures (`used_tpp`, `total_tpp` or
+    `tolerated_tpp`)."""
 
     piece: Piece
     figure: str
@@ -57,7 +59,10 @@ def _figure(check: Check, component: Hashable) -> str | None:
         return "used_tpp" if f"country:{component}" in check.scope.split("/") else None
     if check.kind == "min_share":
         return "total_tpp" if component is None else "used_tpp"
-    return "used_tpp"
+    if component == "tolerated":
+        return "tolerated_tpp"
+    # Other components of caps and prohibitions are what a note lists, not a figure.
+    return "used_tpp" if component is None else None
 
 
 def explain(
@@ -98,6 +103,8 @@ def explain(
     expected = {"used_tpp": check.used_tpp}
     if check.total_tpp is not None:
         expected["total_tpp"] = check.total_tpp
+    if check.tolerated_tpp is not None:
+        expected["tolerated_tpp"] = check.tolerated_tpp
     for figure, want in expected.items():
         if made.total(figure) != want:
             raise ValueError(f"the pieces add up to {made.total(figure)} {figure}, not {want}")

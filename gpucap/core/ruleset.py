@@ -6,20 +6,28 @@ kind, so a successor regime is a new data file and, at most, a new kind.
 
 The module is longer than most because each rule kind's typed value and its parsing stay side by
 side, so adding a kind touches one place here and one function in `engine.py`.
+
+A pack without a `tiers` table (`us-ear-2026`) names EAR country groups instead, read from the
+shipped country-groups file on the dates the rules ask about; its model lists are checked
+against the catalogue when it is read.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from fractions import Fraction
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpucap.core.data import parse_day, read_yaml, require_mapping, shipped
 from gpucap.core.errors import DataError, InputError
+
+if TYPE_CHECKING:
+    from gpucap.core.catalogue import Catalogue
+    from gpucap.core.groups import CountryGroups
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _QUARTER = re.compile(r"^(\d{4})Q([1-4])$")
@@ -53,15 +61,19 @@ class TierTable:
     tier3: frozenset[str]
     tier3_changes: tuple[tuple[date, frozenset[str], frozenset[str]], ...]  # (date, add, remove)
     treated_as: tuple[tuple[str, str], ...]
-    provenance_tier1: Provenance
-    provenance_tier3: Provenance
+    provenance_tier1: Provenance | None  # None: the pack has no tiers
+    provenance_tier3: Provenance | None
+    tiered: bool = True  # False: a pack without tiers; every code is tier 0
 
     def resolve(self, code: str) -> str:
         """The country a territory is treated as (HK -> CN), else the code itself."""
         return dict(self.treated_as).get(code, code)
 
     def tier(self, code: str, as_of: date) -> int:
-        """Tier (1, 2 or 3) of a country on `as_of`, after resolving territories."""
+        """Tier (1, 2 or 3) of a country on `as_of`, after resolving territories; 0 for every
+        code under a pack without tiers."""
+        if not self.tiered:
+            return 0
         code = self.resolve(code)
         if code in self.tier1:
             return 1
@@ -155,6 +167,70 @@ class Prohibition:
     provenance: Provenance
 
 
+@dataclass(frozen=True)
+class Classes:
+    """The ECCN classes a rule applies to (its 3A090/4A090 paragraphs), with their sources."""
+
+    value: frozenset[str]
+    provenance: Provenance
+
+
+@dataclass(frozen=True)
+class DestinationLicence:
+    """A device needs a licence when, on its installed date, its site's country is in one of
+    `any_of` and none of `none_of`, or in one of `also`; devices no licence covers breach."""
+
+    id: str
+    classes: Classes
+    any_of: tuple[str, ...]
+    none_of: tuple[str, ...]
+    also: tuple[str, ...]
+    provenance: Provenance
+
+    @property
+    def group_names(self) -> tuple[str, ...]:
+        return self.any_of + self.none_of + self.also
+
+
+@dataclass(frozen=True)
+class HeadquartersControl:
+    """Entities headquartered (themselves or up their parent chain) in one of `groups` need a
+    licence for devices at sites outside `home`; devices installed before `tolerated_before`
+    are tolerated (reported, not counted)."""
+
+    id: str
+    classes: Classes
+    groups: tuple[str, ...]
+    groups_provenance: Provenance
+    home: frozenset[str]
+    home_provenance: Provenance
+    tolerated_before: date
+    tolerance_note: str
+    tolerance_provenance: Provenance
+    provenance: Provenance
+
+
+@dataclass(frozen=True)
+class LicenceQuantity:
+    """Each licence caps the TPP of the devices it covers; a limit in units of a model is
+    converted at that model's TPP (`conversion`: how, and how sure)."""
+
+    id: str
+    conversion_note: str
+    conversion: Provenance
+    provenance: Provenance
+
+
+@dataclass(frozen=True)
+class ModelProhibition:
+    """No counted device of a listed catalogue model may be installed anywhere."""
+
+    id: str
+    models: frozenset[str]
+    note: str
+    provenance: Provenance
+
+
 Rule = (
     CountryAllocation
     | ConsigneeAnnual
@@ -162,7 +238,21 @@ Rule = (
     | MaxSharePerCountry
     | MinShareInRegion
     | Prohibition
+    | DestinationLicence
+    | HeadquartersControl
+    | LicenceQuantity
+    | ModelProhibition
 )
+
+# The confidence labels from strongest to weakest; a figure resting on several is as sure as the
+# weakest of them.
+CONFIDENCE_ORDER = ("primary", "secondary", "derived", "unconfirmed")
+
+
+def weakest(labels: list[str] | tuple[str, ...]) -> str:
+    """The weakest of confidence labels (an unknown label counts as the weakest)."""
+    rank = {label: i for i, label in enumerate(CONFIDENCE_ORDER)}
+    return max(labels, key=lambda label: rank.get(label, len(rank)))
 
 
 @dataclass(frozen=True)
@@ -179,8 +269,12 @@ class RulePack:
     h100e_provenance: Provenance
     counted_classes: frozenset[str]
     tiers: TierTable
-    uveu_headquarters_tier: int
+    uveu_headquarters_tier: int | None  # None: the pack has no UVEU status
     rules: tuple[Rule, ...]
+    # Country groups the rules name (None: no rule names one) and the classes a licence with
+    # none of its own covers (with their sources).
+    groups: CountryGroups | None = field(default=None, compare=False)
+    licence_classes: Classes | None = None
 
     def status_on(self, as_of: date) -> StatusPeriod | None:
         """The status period in force on `as_of`; None before the first one."""
@@ -248,8 +342,83 @@ class _Reader:
     def provenance(self, paragraph: str) -> Provenance:
         return Provenance(paragraph, self.text("source"), self.text("confidence"))
 
+    def names(self, key: str) -> tuple[str, ...]:
+        value = self.raw.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise DataError(self.at(key), "expected a list of names")
+        return tuple(value)
 
-def _parse_rule(node: _Reader, valid: frozenset[str]) -> Rule:
+    def note(self) -> str:
+        return " ".join(str(self.raw.get("note", "")).split())
+
+
+class _Context:
+    """What a pack's rules are checked against: country codes, the counted classes, and (read
+    on first use) the shipped country groups and catalogue, or the ones the caller gives."""
+
+    def __init__(
+        self,
+        valid: frozenset[str],
+        counted: frozenset[str],
+        groups: CountryGroups | None,
+        catalogue: Catalogue | None,
+    ) -> None:
+        self.valid, self.counted = valid, counted
+        self._groups, self._catalogue = groups, catalogue
+
+    def groups(self) -> CountryGroups:
+        if self._groups is None:
+            from gpucap.core.groups import default_groups  # groups imports this module
+
+            self._groups = default_groups()
+        return self._groups
+
+    def catalogue(self) -> Catalogue:
+        if self._catalogue is None:
+            from gpucap.core.catalogue import default_catalogue
+
+            self._catalogue = default_catalogue()
+        return self._catalogue
+
+    def group_names(self, node: _Reader, key: str) -> tuple[str, ...]:
+        names = node.names(key)
+        known = self.groups().names
+        for i, name in enumerate(names):
+            if name not in known:
+                listed = ", ".join(sorted(known))
+                raise DataError(f"{node.at(key)}[{i}]", f"no country group {name!r} ({listed})")
+        return names
+
+    def classes(self, node: _Reader, key: str, paragraph: str) -> Classes:
+        """A `{value: [classes], source, confidence}` list, each a counted class."""
+        item = node.child(key)
+        value = item.raw.get("value")
+        if not isinstance(value, list) or not value:
+            raise DataError(item.at("value"), "expected a non-empty list of ECCN classes")
+        for i, cls in enumerate(value):
+            if cls not in self.counted:
+                raise DataError(f"{item.at('value')}[{i}]", f"{cls!r} is not a counted class")
+        return Classes(frozenset(str(c) for c in value), item.provenance(paragraph))
+
+    def models(self, node: _Reader, key: str) -> frozenset[str]:
+        """Catalogue model ids, each of a counted class."""
+        item = node.child(key)
+        value = item.raw.get("value")
+        if not isinstance(value, list) or not value:
+            raise DataError(item.at("value"), "expected a non-empty list of catalogue model ids")
+        catalogue = self.catalogue()
+        for i, model in enumerate(value):
+            found = catalogue.get(str(model))
+            where = f"{item.at('value')}[{i}]"
+            if found is None:
+                raise DataError(where, f"no catalogue model {model!r}")
+            if found.eccn_class not in self.counted:
+                raise DataError(where, f"{model} is {found.eccn_class}, not a counted class")
+        return frozenset(str(m) for m in value)
+
+
+def _parse_rule(node: _Reader, ctx: _Context) -> Rule:
+    valid = ctx.valid
     rule_id = node.text("id")
     kind = node.text("kind")
     paragraph = node.text("paragraph", node.raw.get("id"))
@@ -307,7 +476,55 @@ def _parse_rule(node: _Reader, valid: frozenset[str]) -> Rule:
         return MinShareInRegion(rule_id, node.text("status"), hq, tier, countries, share, prov)
     if kind == "prohibition":
         return Prohibition(rule_id, node.integer("tier"), node.provenance(paragraph))
+    if kind == "destination_licence":
+        test = node.child("destinations")
+        any_of = ctx.group_names(test, "any_of")
+        if not any_of:
+            raise DataError(test.at("any_of"), "expected at least one country group")
+        return DestinationLicence(
+            rule_id,
+            ctx.classes(node, "classes", paragraph),
+            any_of,
+            ctx.group_names(test, "none_of"),
+            ctx.group_names(test, "also"),
+            test.provenance(paragraph),
+        )
+    if kind == "headquarters_control":
+        owner = node.child("headquarters")
+        groups = ctx.group_names(owner, "groups")
+        if not groups:
+            raise DataError(owner.at("groups"), "expected at least one country group")
+        home = node.child("home")
+        tolerance = node.child("tolerance")
+        return HeadquartersControl(
+            rule_id,
+            ctx.classes(node, "classes", paragraph),
+            groups,
+            owner.provenance(paragraph),
+            home.codes("countries", valid),
+            home.provenance(paragraph),
+            tolerance.day("installed_before"),
+            tolerance.note(),
+            tolerance.provenance(paragraph),
+            node.provenance(paragraph),
+        )
+    if kind == "licence_quantity":
+        conversion = node.child("unit_conversion")
+        return LicenceQuantity(
+            rule_id, conversion.note(), conversion.provenance(paragraph), node.provenance(paragraph)
+        )
+    if kind == "model_prohibition":
+        models = node.child("models")
+        return ModelProhibition(
+            rule_id, ctx.models(node, "models"), models.note(), models.provenance(paragraph)
+        )
     raise DataError(node.at("kind"), f"unknown rule kind {kind!r}")
+
+
+def _untiered(valid: frozenset[str], groups: CountryGroups) -> TierTable:
+    """The table of a pack without tiers: no tier, territories treated as the groups say."""
+    treated = tuple((t.code, t.country) for t in groups.treated_as)
+    return TierTable(valid, frozenset(), frozenset(), (), treated, None, None, tiered=False)
 
 
 def _parse_tiers(node: _Reader, valid: frozenset[str]) -> TierTable:
@@ -341,8 +558,16 @@ def _parse_tiers(node: _Reader, valid: frozenset[str]) -> TierTable:
     )
 
 
-def parse_ruleset(doc: Any, valid_codes: frozenset[str], origin: str = "ruleset") -> RulePack:
-    """Validate a parsed rule pack."""
+def parse_ruleset(
+    doc: Any,
+    valid_codes: frozenset[str],
+    origin: str = "ruleset",
+    *,
+    groups: CountryGroups | None = None,
+    catalogue: Catalogue | None = None,
+) -> RulePack:
+    """Validate a parsed rule pack. `groups` and `catalogue`: what its group names and model
+    ids are checked against (default: the shipped ones, read only when the pack needs them)."""
     top = _Reader(doc, origin)
     pack_id = top.text("id")
     if not _ID.match(pack_id):
@@ -373,13 +598,27 @@ def parse_ruleset(doc: Any, valid_codes: frozenset[str], origin: str = "ruleset"
     rules_raw = top.raw.get("rules")
     if not isinstance(rules_raw, list) or not rules_raw:
         raise DataError(top.at("rules"), "expected a non-empty list")
+    counted_classes = frozenset(str(c) for c in classes)
+    ctx = _Context(valid_codes, counted_classes, groups, catalogue)
     rules = tuple(
-        _parse_rule(_Reader(r, f"{top.at('rules')}[{i}]"), valid_codes)
-        for i, r in enumerate(rules_raw)
+        _parse_rule(_Reader(r, f"{top.at('rules')}[{i}]"), ctx) for i, r in enumerate(rules_raw)
     )
     ids = [r.id for r in rules]
     if len(set(ids)) != len(ids):
         raise DataError(top.at("rules"), "rule ids must be unique")
+    names_groups = any(isinstance(r, DestinationLicence | HeadquartersControl) for r in rules)
+    if "tiers" in top.raw:
+        tiers = _parse_tiers(top.child("tiers"), valid_codes)
+    else:
+        tiers = _untiered(valid_codes, ctx.groups())
+    licence_classes = None
+    if "licences" in top.raw:
+        licence_classes = ctx.classes(top.child("licences"), "default_classes", "licences")
+    elif any(isinstance(r, LicenceQuantity) for r in rules):
+        raise DataError(top.at("licences"), "a pack with licence_quantity gives default_classes")
+    uveu_tier = None
+    if "uveu_headquarters_tier" in top.raw or "tiers" in top.raw:
+        uveu_tier = top.child("uveu_headquarters_tier").integer("value")
     return RulePack(
         id=pack_id,
         version=str(top.raw.get("version", "")),
@@ -389,10 +628,12 @@ def parse_ruleset(doc: Any, valid_codes: frozenset[str], origin: str = "ruleset"
         status=tuple(periods),
         h100e_tpp=h100e,
         h100e_provenance=h100e_prov,
-        counted_classes=frozenset(str(c) for c in classes),
-        tiers=_parse_tiers(top.child("tiers"), valid_codes),
-        uveu_headquarters_tier=top.child("uveu_headquarters_tier").integer("value"),
+        counted_classes=counted_classes,
+        tiers=tiers,
+        uveu_headquarters_tier=uveu_tier,
         rules=rules,
+        groups=ctx.groups() if names_groups or "tiers" not in top.raw else None,
+        licence_classes=licence_classes,
     )
 
 
