@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import ssl
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -338,10 +338,17 @@ class LedgerClient:
         return self._answer(response, path)
 
     def headroom(
-        self, scope: str | None = None, as_of: str | None = None, known_at: str | None = None
+        self,
+        scope: str | None = None,
+        as_of: str | None = None,
+        known_at: str | None = None,
+        rulesets: Sequence[str] = (),
     ) -> dict[str, Any]:
+        """GET /v1/headroom; `rulesets`: packs evaluated instead of the registry's."""
         given = {"scope": scope, "as_of": as_of, "known_at": known_at}
-        params = {k: v for k, v in given.items() if v}
+        params: dict[str, str | list[str]] = {k: v for k, v in given.items() if v}
+        if rulesets:
+            params["ruleset"] = list(rulesets)
         result: dict[str, Any] = self._call("GET", "/v1/headroom", params=params)
         return result
 

@@ -4,7 +4,8 @@ The record of a log prefix (`record.py`) is split into pieces the engine's `expl
 declared line of the registry, and each observed line split by node and by the entry that
 introduced its devices. A piece's contribution is labelled with the figure it adds to
 (`used_tpp`, or for share rules also `total_tpp`), so the contributions of each figure add up to
-it exactly.
+it exactly. With several packs evaluated together, a rule id names its pack unless two packs
+share it: then the caller names the pack (`ruleset`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable, Sequence
 from datetime import date
 from typing import Any
 
+from gpucap.core.errors import InputError
 from gpucap.core.explain import Explanation, Piece, explain
 from gpucap.core.fleet import Fleet, Line
 from gpucap.core.report import check_to_dict, tpp_number
@@ -58,6 +60,30 @@ def pieces(record: Record, fleet: Fleet) -> Callable[[str], Sequence[Piece]]:
         return out
 
     return of_site
+
+
+def pack_of(packs: Sequence[RulePack], rule: str, ruleset: str | None = None) -> int:
+    """The position in `packs` of the pack whose rule `rule` is explained: `ruleset`'s, else
+    the one pack that has the rule. InputError names `ruleset` (not evaluated, or needed to
+    choose between packs sharing the rule id) or `rule` (in none of them)."""
+    ids = [p.id for p in packs]
+    if ruleset is not None:
+        if ruleset not in ids:
+            raise InputError(
+                "ruleset",
+                f"rule pack {ruleset!r} is not evaluated here (evaluated: {', '.join(ids)})",
+            )
+        return ids.index(ruleset)
+    having = [k for k, p in enumerate(packs) if any(r.id == rule for r in p.rules)]
+    if len(having) == 1:
+        return having[0]
+    if not having:
+        if len(packs) == 1:
+            return 0  # the engine's own message names the pack's rules
+        rules = ", ".join(f"{p.id}: {' '.join(r.id for r in p.rules)}" for p in packs)
+        raise InputError("rule", f"no rule {rule!r} in any evaluated pack ({rules})")
+    named = " and ".join(ids[k] for k in having)
+    raise InputError("ruleset", f"rule {rule!r} is in {named}: name one with ruleset")
 
 
 def explain_answer(
@@ -111,7 +137,7 @@ def document(made: Explanation, fleet: Fleet, index: FleetIndex, pack: RulePack)
     if check.total_tpp is not None:
         figures["total_tpp"] = tpp_number(made.total("total_tpp"))
     return {
-        **check_to_dict(check, pack.h100e_tpp),
+        **check_to_dict(check, pack.h100e_tpp, pack.id),
         "figures": figures,
         "contributions": contributions,
     }

@@ -22,7 +22,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -32,16 +32,14 @@ from sqlalchemy.engine import Connection
 import gpucap
 from gpucap.core.catalogue import Catalogue
 from gpucap.core.data import shipped
-from gpucap.core.engine import RulesetState, tally
+from gpucap.core.engine import RulesetState
 from gpucap.core.ruleset import RulePack
 from gpucap.ledger import log
-from gpucap.ledger.documents import Document
 from gpucap.ledger.errors import RejectedError
-from gpucap.ledger.evaluations import Basis, View
+from gpucap.ledger.evaluations import Basis, View, fresh_view
 from gpucap.ledger.record import Record
 from gpucap.ledger.settings import iso_instant
 from gpucap.ledger.store import Store
-from gpucap.ledger.views import FleetIndex
 
 _LOG_SIZE = re.compile(r"log_size=([0-9]{1,18})")
 _PAGE = 5000  # entries read per query while folding
@@ -230,7 +228,7 @@ class PastRecords:
         self._store, self._catalogue = store, catalogue
         self._lock = threading.Lock()
         self._records: OrderedDict[int, Record] = OrderedDict()
-        self._views: OrderedDict[tuple[int, date], View] = OrderedDict()
+        self._views: OrderedDict[tuple[int, date, tuple[str, ...] | None], View] = OrderedDict()
 
     @contextmanager
     def record(self, size: int) -> Iterator[Record]:
@@ -248,9 +246,16 @@ class PastRecords:
                 self._records.popitem(last=False)
             yield rec
 
-    def view(self, size: int, as_of: date, pack: Callable[[str], RulePack]) -> View:
-        """The evaluation on `as_of` of the first `size` entries (cached)."""
-        key = (size, as_of)
+    def view(
+        self,
+        size: int,
+        as_of: date,
+        pack: Callable[[str], RulePack],
+        rulesets: tuple[str, ...] | None = None,
+    ) -> View:
+        """The evaluation on `as_of` of the first `size` entries (cached), under the packs its
+        registry names or, given `rulesets`, those instead."""
+        key = (size, as_of, rulesets)
         with self._lock:
             hit = self._views.get(key)
         if hit is not None:
@@ -262,11 +267,10 @@ class PastRecords:
                     "known_at", f"the log held no registry in its first {size} entries"
                 )
             fleet = rec.fleet()
-        rule_pack = pack(fleet.ruleset)
-        made = tally(fleet, rule_pack, as_of)
-        index = FleetIndex.of(fleet, rule_pack.tiers.resolve)
+        if rulesets is not None:
+            fleet = replace(fleet, ruleset=rulesets[0], rulesets=rulesets)
         basis = Basis(f"log_size={size}", size, 0, None if reg is None else reg.digest)
-        view = View(made.evaluation, fleet, index, Document(made.evaluation, index), basis)
+        view = fresh_view(fleet, [pack(pack_id) for pack_id in fleet.packs], as_of, basis)
         with self._lock:
             self._views[key] = view
             while len(self._views) > self._VIEWS:

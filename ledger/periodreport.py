@@ -4,7 +4,9 @@ For each step of a period and each check the caller may see: used, limit (or sha
 share), headroom and status, as known now: every step is the `/v1/headroom` answer for that
 date (`Ledger.view(as_of)`, one cached view per date), with the same scope parsing and the same
 refusals (an unknown scope 422, a scope the token may not see 403). The shape follows Slurm's
-sreport: a header naming the period, the scope and the rule pack, then rows.
+sreport: a header naming the period, the scope and the rule packs, then rows. Every rule pack
+the answers evaluate is reported: `rulesets` holds each one's state on the last step, `ruleset`
+the first's, each check names its pack, and the warnings are those of every pack.
 
 Steps: `day` is every date from `from` to `to`; `week` is `from` and every 7 days after it;
 `month` is `from` and the same day of each following month, clamped to a shorter month's last
@@ -48,6 +50,7 @@ _PASSES = 3  # evaluations of the period while writes keep changing the record u
 # A check's fields in the report, as `check_to_dict` names them (caps: limit_tpp; share rules:
 # share, limit_share and total_tpp).
 CHECK_FIELDS = (
+    "ruleset",
     "rule",
     "scope",
     "kind",
@@ -153,19 +156,22 @@ def assemble(
         as_of = doc["as_of"]
         checks = [{k: c[k] for k in CHECK_FIELDS if k in c} for c in doc["checks"]]
         steps.append({"as_of": as_of, "checks": checks})
-        for text in doc["ruleset"]["warnings"]:
-            key = text.replace(f" on {as_of}", _ON_STEP)
-            seen[key] = (seen.get(key, (as_of, as_of))[0], as_of)
+        for state in doc.get("rulesets") or [doc["ruleset"]]:
+            for text in state["warnings"]:
+                key = text.replace(f" on {as_of}", _ON_STEP)
+                seen[key] = (seen.get(key, (as_of, as_of))[0], as_of)
         if any(c["status"] == "breach" for c in checks):
             breached += 1
             first_breach = first_breach or as_of
-    ruleset = answers[-1]["ruleset"]
+    states = answers[-1].get("rulesets") or [answers[-1]["ruleset"]]
+    packs = [{k: rs[k] for k in ("id", "version", "status", "in_force")} for rs in states]
     return {
         "scope": scope or None,
         "from": period.start.isoformat(),
         "to": period.end.isoformat(),
         "step": period.step,
-        "ruleset": {k: ruleset[k] for k in ("id", "version", "status", "in_force")},
+        "ruleset": dict(packs[0]),
+        "rulesets": packs,
         "warnings": [
             key.replace(_ON_STEP, f" on {a}" if a == b else f" from {a} to {b}")
             for key, (a, b) in seen.items()
@@ -259,25 +265,35 @@ def report_table(report: Mapping[str, Any], width: int = 200, headers: bool = Tr
     from rich.console import Console
     from rich.table import Table
 
-    rs, summary = report["ruleset"], report["summary"]
-    force = "in force" if rs["in_force"] else "not in force"
+    summary = report["summary"]
     first = summary["first_breach"]
     lines = [
         f"Period report {report['from']} to {report['to']}, by {report['step']} "
         f"({summary['steps']} steps)",
         f"Scope: {report['scope'] or 'everything this token may see'}",
-        f"Rule pack: {rs['id']} version {rs['version']}, {rs['status']} ({force}) "
-        f"on {report['to']}",
+    ]
+    for rs in report.get("rulesets") or [report["ruleset"]]:
+        force = "in force" if rs["in_force"] else "not in force"
+        lines.append(
+            f"Rule pack: {rs['id']} version {rs['version']}, {rs['status']} ({force}) "
+            f"on {report['to']}"
+        )
+    lines += [
         f"Breached: {summary['breached_steps']} of {summary['steps']} steps"
         + (f", first on {first}" if first else ""),
     ]
     rule = "-" * max(len(line) for line in lines)
-    blocks: dict[tuple[str, str], list[tuple[str, Mapping[str, Any]]]] = {}
-    kinds: dict[tuple[str, str], str] = {}
+    several = len(report.get("rulesets") or ()) > 1
+    # Blocks by (pack, rule, scope): a pack's position keeps the packs in their order.
+    order = {rs["id"]: k for k, rs in enumerate(report.get("rulesets") or ())}
+    blocks: dict[tuple[int, str, str, str], list[tuple[str, Mapping[str, Any]]]] = {}
+    kinds: dict[tuple[int, str, str, str], str] = {}
     for step in report["steps"]:
         for c in step["checks"]:
-            blocks.setdefault((c["rule"], c["scope"]), []).append((step["as_of"], c))
-            kinds[(c["rule"], c["scope"])] = c["kind"]
+            pack = str(c.get("ruleset", ""))
+            key = (order.get(pack, 0), pack, c["rule"], c["scope"])
+            blocks.setdefault(key, []).append((step["as_of"], c))
+            kinds[key] = c["kind"]
     ever = {key for key, rows in blocks.items() if any(c["status"] == "breach" for _, c in rows)}
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, force_terminal=False, color_system=None)
@@ -300,7 +316,9 @@ def report_table(report: Mapping[str, Any], width: int = 200, headers: bool = Tr
                 _limit_cell(c),
                 f"{output.tpp_text(c['headroom_tpp'])} ({output.h100e_text(c['headroom_h100e'])})",
             )
-        console.print(f"\n{key[0]} {key[1]} ({kinds[key]})", markup=False, highlight=False)
+        title = f"{key[2]} {key[3]} ({kinds[key]})"
+        title = f"{key[1]}: {title}" if several else title
+        console.print(f"\n{title}", markup=False, highlight=False)
         console.print(table)
     body = [line.rstrip() for line in buffer.getvalue().splitlines()]
     if not blocks:

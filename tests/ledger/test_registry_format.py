@@ -1,7 +1,7 @@
 """The registry is a scenario document: the sections the format gained (entity parents,
 licences, shipments, `rulesets`) load, and the headroom answer has the document's shape
-(`rulesets`, each check's `ruleset`). Several packs are refused until the ledger evaluates them
-together."""
+(`rulesets`, each check's `ruleset`). Several packs are evaluated together
+(tests/ledger/test_multipack_ledger.py)."""
 
 from __future__ import annotations
 
@@ -90,12 +90,12 @@ def test_a_registry_with_the_new_sections_loads_and_answers(licensed: Ledger) ->
     assert all(c["ruleset"] == DIFFUSION for c in scoped["checks"])
 
 
-def test_several_packs_are_refused_naming_rulesets(tmp_path: Path) -> None:
-    with pytest.raises(InputError) as caught:
-        registry_doc(_file(tmp_path, TWO_PACKS), default_catalogue())
-    assert caught.value.path == "rulesets"
-    assert "the ledger evaluates one rule pack" in caught.value.reason
-    assert f"{DIFFUSION}, us-ear-2026" in caught.value.reason
+def test_several_packs_load_and_a_repeated_one_is_refused_naming_it(tmp_path: Path) -> None:
+    doc = registry_doc(_file(tmp_path, TWO_PACKS), default_catalogue())
+    assert doc["rulesets"] == [DIFFUSION, "us-ear-2026"]
+    text = LICENSED.replace(f"rulesets: [{DIFFUSION}]", f"rulesets: [{DIFFUSION}, {DIFFUSION}]")
+    with pytest.raises(InputError, match=r"^rulesets\[1\]: rule pack .* is listed twice"):
+        registry_doc(_file(tmp_path, text), default_catalogue())
 
 
 def test_an_unknown_pack_in_rulesets_is_refused_naming_it(tmp_path: Path) -> None:
@@ -105,10 +105,11 @@ def test_an_unknown_pack_in_rulesets_is_refused_naming_it(tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
-def test_serve_refuses_a_registry_of_several_packs(tmp_path: Path) -> None:
-    registry = _file(tmp_path, TWO_PACKS)
+def test_serve_refuses_a_registry_naming_a_pack_twice(tmp_path: Path) -> None:
+    text = TWO_PACKS.replace("us-ear-2026]", f"{DIFFUSION}]")
+    registry = _file(tmp_path, text)
     db = f"sqlite:///{tmp_path / 'x.db'}"
     proc = gpucap("ledger", "serve", "--registry", str(registry), "--db", db)
     assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()
-    assert "rulesets: the ledger evaluates one rule pack" in line
+    assert "rulesets[1]: rule pack" in line
