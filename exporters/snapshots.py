@@ -50,6 +50,9 @@ FINDING_KINDS: tuple[str, ...] = (
     "unknown_accelerator",  # a device the catalogue does not know (not counted)
     "tpp_mismatch",  # the agent's TPP disagrees with the catalogue
     "declared_vs_observed",  # declared inventory and observed counts differ at a site
+    "shipment_missing",  # a shipped serial never reported at its site within the grace days
+    "shipment_elsewhere",  # a shipped serial reported at another site
+    "unexpected_device",  # a device needing a licence, in no shipment and under no licence
 )
 
 
@@ -97,3 +100,5 @@ class LedgerSnapshot:
     auth_refusals_total: Mapping[str, int] = field(default_factory=dict)  # reason -> n
     eventlog_rows: int = 0
     log_unsigned_age_s: float = 0.0  # age of the oldest entry not yet in a signed checkpoint
+    # Every pack evaluated, as (id, status), in order; empty: `ruleset_id`'s alone.
+    rulesets: tuple[tuple[str, str], ...] = ()

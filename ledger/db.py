@@ -11,7 +11,7 @@ past 400 lines because it is the one place every such statement lives, grouped b
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
@@ -135,8 +135,11 @@ _DEVICE_COLUMNS = (
     "first_seen",
     "gone_on",
     "vanished",
+    "serial",
+    "licence",
 )
 _DEVICES = HotSql(f"SELECT {', '.join(_DEVICE_COLUMNS)} FROM device WHERE node_id = :node_id")  # noqa: S608 (constant)
+_IN_CHUNK = 5000  # values per IN list (SQLite binds at most 32,766 parameters)
 _UPSERT_DEVICE = HotSql(
     f"INSERT INTO device ({', '.join(_DEVICE_COLUMNS)}) "  # noqa: S608 (constant)
     f"VALUES ({', '.join(':' + c for c in _DEVICE_COLUMNS)}) "
@@ -145,30 +148,73 @@ _UPSERT_DEVICE = HotSql(
 )
 _ADD_LINE = HotSql(
     "INSERT INTO inventory_line "
-    "(key, site_id, model, tpp, eccn_class, installed, removed, count, version) "
-    "VALUES (:key, :site_id, :model, :tpp, :eccn_class, :installed, :removed, :count, :version) "
+    "(key, site_id, model, tpp, eccn_class, installed, removed, licence, count, version) "
+    "VALUES (:key, :site_id, :model, :tpp, :eccn_class, :installed, :removed, :licence, :count, "
+    ":version) "
     "ON CONFLICT (key) DO UPDATE SET count = inventory_line.count + excluded.count, "
     "version = excluded.version"
 )
+
+
+def _device_row(r: Sequence[Any]) -> DeviceRow:
+    """A row of `_DEVICE_COLUMNS` as a DeviceRow."""
+    (node, uuid, site, model, pci, name, tpp, eccn, agent_tpp, mismatch, state) = r[:11]
+    facts = DeviceFacts(
+        uuid=uuid,
+        pci_device_id=pci,
+        name=name,
+        state=state,
+        model=model,
+        tpp=tpp,
+        eccn_class=eccn,
+        agent_tpp=agent_tpp,
+        tpp_mismatch=bool(mismatch),  # SQLite answers 0/1
+        serial=r[14],
+    )
+    return DeviceRow(node, site, facts, r[11], r[12], bool(r[13]), r[15])
 
 
 def devices(conn: Connection, node_id: str) -> dict[str, DeviceRow]:
     """A node's device rows by UUID."""
     out = {}
     for r in _DEVICES.all(conn, {"node_id": node_id}):
-        (node, uuid, site, model, pci, name, tpp, eccn, agent_tpp, mismatch, state) = r[:11]
-        facts = DeviceFacts(
-            uuid=uuid,
-            pci_device_id=pci,
-            name=name,
-            state=state,
-            model=model,
-            tpp=tpp,
-            eccn_class=eccn,
-            agent_tpp=agent_tpp,
-            tpp_mismatch=bool(mismatch),  # SQLite answers 0/1
+        row = _device_row(r)
+        out[row.facts.uuid] = row
+    return out
+
+
+def _chunks(values: Collection[str]) -> Iterator[list[str]]:
+    ordered = sorted(set(values))
+    for i in range(0, len(ordered), _IN_CHUNK):
+        yield ordered[i : i + _IN_CHUNK]
+
+
+def devices_with_serials(conn: Connection, serials: Collection[str]) -> list[DeviceRow]:
+    """Every device row (present or gone) whose serial is one of `serials` (indexed), by node
+    and UUID: the rows a registry change re-keys."""
+    dev = table("device")
+    cols = [dev.c[c] for c in _DEVICE_COLUMNS]
+    out: list[DeviceRow] = []
+    for chunk in _chunks(serials):
+        rows = conn.execute(sa.select(*cols).where(dev.c.serial.in_(chunk)))
+        out += [_device_row(r) for r in rows]
+    return sorted(out, key=lambda r: (r.node_id, r.facts.uuid))
+
+
+def observed_serials(conn: Connection, serials: Collection[str]) -> dict[str, tuple[str, str]]:
+    """serial -> (site, node) of the present devices with one of `serials` (by the serial
+    index; a serial present on two rows answers the first by site and node). Available since
+    migration 0005, for shipped-against-observed counts."""
+    dev = table("device")
+    out: dict[str, tuple[str, str]] = {}
+    for chunk in _chunks(serials):
+        rows = conn.execute(
+            sa.select(dev.c.serial, dev.c.site_id, dev.c.node_id)
+            .where(dev.c.serial.in_(chunk), dev.c.gone_on.is_(None))
+            .order_by(dev.c.serial, dev.c.site_id, dev.c.node_id)
         )
-        out[uuid] = DeviceRow(node, site, facts, r[11], r[12], bool(r[13]))
+        for serial, site, node in rows:
+            out.setdefault(str(serial), (str(site), str(node)))
     return out
 
 
@@ -192,6 +238,8 @@ def write_devices(conn: Connection, change: Change) -> None:
                 "first_seen": r.first_seen,
                 "gone_on": r.gone_on,
                 "vanished": r.vanished,
+                "serial": r.facts.serial,
+                "licence": r.licence,
             }
             for r in change.rows
         ],
@@ -419,6 +467,62 @@ def tpp_mismatch_devices(conn: Connection, limit: int) -> tuple[int, list[dict[s
     return _device_finding(conn, where, ("model", "tpp", "agent_tpp"), limit)
 
 
+class SerialPlace(NamedTuple):
+    serial: str
+    node_id: str
+    site_id: str
+    present: bool
+    eccn_class: str | None
+    licence: str | None
+
+
+def devices_by_serial(conn: Connection, serials: Collection[str]) -> list[SerialPlace]:
+    """Every device row (present or gone) with one of `serials`, by serial, node and UUID."""
+    dev = table("device")
+    out: list[tuple[str, str, SerialPlace]] = []
+    for chunk in _chunks(serials):
+        rows = conn.execute(
+            sa.select(
+                dev.c.serial,
+                dev.c.node_id,
+                dev.c.site_id,
+                dev.c.gone_on,
+                dev.c.eccn_class,
+                dev.c.licence,
+                dev.c.uuid,
+            ).where(dev.c.serial.in_(chunk))
+        )
+        for serial, node, site, gone_on, cls, licence, uuid in rows:
+            out.append(
+                (serial, uuid, SerialPlace(serial, node, site, gone_on is None, cls, licence))
+            )
+    out.sort(key=lambda t: (t[0], t[2].node_id, t[1]))
+    return [t[2] for t in out]
+
+
+def unlicensed_devices(
+    conn: Connection, classes_by_site: Mapping[str, frozenset[str]], limit: int
+) -> tuple[int, list[dict[str, Any]]]:
+    """Present devices without a licence at the given sites, of the classes given per site:
+    (count, up to `limit` by node and UUID, with serial, model and eccn_class)."""
+    dev = table("device")
+    groups: dict[frozenset[str], list[str]] = {}
+    for site, classes in classes_by_site.items():
+        if classes:
+            groups.setdefault(classes, []).append(site)
+    count = 0
+    items: list[dict[str, Any]] = []
+    base = sa.and_(dev.c.gone_on.is_(None), dev.c.licence.is_(None))
+    for classes, sites in groups.items():
+        for chunk in _chunks(sites):
+            where = sa.and_(base, dev.c.site_id.in_(chunk), dev.c.eccn_class.in_(sorted(classes)))
+            n, found = _device_finding(conn, where, ("serial", "model", "eccn_class"), limit)
+            count += n
+            items += found
+    items.sort(key=lambda i: (i["node_id"], i["uuid"]))
+    return count, items[:limit]
+
+
 def stale_nodes(conn: Connection, cutoff: str, limit: int) -> tuple[int, list[StaleNode]]:
     """Live nodes last seen before `cutoff` (an instant): (count, up to `limit` by node id)."""
     node = table("node")
@@ -461,7 +565,8 @@ def live_node_counts(conn: Connection, cutoff: str) -> dict[tuple[str, str], int
 
 # -- inventory lines, for the line cache ------------------------------------------------------
 _LINES_SQL = (
-    "SELECT key, site_id, model, tpp, eccn_class, installed, removed, count FROM inventory_line"
+    "SELECT key, site_id, model, tpp, eccn_class, installed, removed, count, licence "
+    "FROM inventory_line"
 )
 _ALL_LINES_SQL = _LINES_SQL + " WHERE count > 0"
 _LINES_SINCE_SQL = _LINES_SQL + " WHERE version > "
@@ -470,8 +575,9 @@ _VERSION_SQL = "SELECT projection_version FROM ledger_state WHERE id = 1"
 
 class LineRows(NamedTuple):
     """The projection version of a snapshot and the `inventory_line` rows read at it, each
-    (key, site_id, model, tpp, eccn_class, installed, removed, count): every line with devices
-    when `full`, else those written after the base version (none when it is the base)."""
+    (key, site_id, model, tpp, eccn_class, installed, removed, count, licence): every line
+    with devices when `full`, else those written after the base version (none when it is the
+    base)."""
 
     version: int
     full: bool

@@ -5,7 +5,10 @@ catalogue (PCI device id first, then name) and flags a disagreement. A device co
 date it was first seen; absent from a later report, it is gone from that date (`vanished`, a
 reconciliation finding, because nobody decommissioned it); a decommission closes every device of
 the node. Observed devices aggregate into engine lines keyed by
-(site, model, tpp, class, first seen, gone); `LineDelta`s keep that aggregate up to date.
+(site, model, tpp, class, first seen, gone, licence); `LineDelta`s keep that aggregate up to date.
+A device's licence is the one whose shipment to the device's own site lists its serial
+(`Shipped`, built once per registry); a registry change re-keys the devices whose serials it
+moved (`rekey`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import hashlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from gpucap.core.catalogue import Catalogue
 from gpucap.ledger.log import canonical
@@ -36,6 +40,7 @@ class DeviceFacts:
     eccn_class: str | None
     agent_tpp: float | None
     tpp_mismatch: bool
+    serial: str | None = None  # as reported; never in `digest` (see there)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,11 +53,39 @@ class DeviceRow:
     first_seen: str
     gone_on: str | None = None
     vanished: bool = False
+    licence: str | None = None  # the licence whose shipment to this site lists its serial
+
+
+# serial -> (licence, site) of the registry's shipments.
+Shipped = Mapping[str, tuple[str, str]]
+NOTHING_SHIPPED: Shipped = {}
+
+
+def shipped_serials(doc: Any) -> dict[str, tuple[str, str]]:
+    """serial -> (licence, site) of a registry document's shipments (validated already: each
+    serial is listed once); from the raw document, so that the write path needs no parse."""
+    out: dict[str, tuple[str, str]] = {}
+    if not isinstance(doc, Mapping):
+        return out
+    for item in doc.get("shipments") or ():
+        pair = (str(item["licence"]), str(item["site"]))
+        for serial in item["serials"]:
+            out[str(serial)] = pair
+    return out
+
+
+def licence_of(shipped: Shipped, serial: str | None, site_id: str) -> str | None:
+    """The licence a device is deployed under by serial: its shipment's, when shipped to the
+    site it is at (a serial shipped elsewhere is a finding, never coverage)."""
+    if serial is None:
+        return None
+    found = shipped.get(serial)
+    return found[0] if found is not None and found[1] == site_id else None
 
 
 @dataclass(frozen=True, order=True, slots=True)
 class LineSpec:
-    """One aggregate line of observed devices (dates as ISO strings)."""
+    """One aggregate line of observed devices (dates as ISO strings; licence "" for none)."""
 
     site_id: str
     model: str
@@ -60,12 +93,14 @@ class LineSpec:
     eccn_class: str
     installed: str
     removed: str
+    licence: str = ""
 
     @property
     def key(self) -> str:
-        return "|".join(
-            (self.site_id, self.model, str(self.tpp), self.eccn_class, self.installed, self.removed)
-        )
+        # Keys of lines without a licence are those of the ledger before licences (0005).
+        parts = (self.site_id, self.model, str(self.tpp), self.eccn_class, self.installed)
+        key = "|".join((*parts, self.removed))
+        return f"{key}|{self.licence}" if self.licence else key
 
 
 def line_row(spec: LineSpec, count: int) -> dict[str, object]:
@@ -77,6 +112,7 @@ def line_row(spec: LineSpec, count: int) -> dict[str, object]:
         "eccn_class": spec.eccn_class,
         "installed": spec.installed,
         "removed": spec.removed or None,
+        "licence": spec.licence or None,
         "count": count,
     }
 
@@ -113,11 +149,14 @@ def resolve(device: ReportedDevice, catalogue: Catalogue) -> DeviceFacts:
         eccn_class=None if acc is None else acc.eccn_class,
         agent_tpp=device.tpp,
         tpp_mismatch=mismatch,
+        serial=device.serial,
     )
 
 
 def digest(facts: Iterable[DeviceFacts]) -> str:
-    """A digest of a report's device facts: equal digests mean an unchanged inventory."""
+    """A digest of a report's device facts: equal digests mean an unchanged inventory.
+
+    The serial is left out: it is fixed for a UUID, and every stored digest predates it."""
     rows = sorted(
         (f.uuid, f.pci_device_id, f.name, f.state, f.model, f.tpp, f.agent_tpp) for f in facts
     )
@@ -129,7 +168,15 @@ def line_of(row: DeviceRow) -> LineSpec | None:
     f = row.facts
     if f.tpp is None or f.eccn_class is None or f.model is None:
         return None
-    return LineSpec(row.site_id, f.model, f.tpp, f.eccn_class, row.first_seen, row.gone_on or "")
+    return LineSpec(
+        row.site_id,
+        f.model,
+        f.tpp,
+        f.eccn_class,
+        row.first_seen,
+        row.gone_on or "",
+        row.licence or "",
+    )
 
 
 def _move(deltas: Counter[LineSpec], old: DeviceRow | None, new: DeviceRow) -> None:
@@ -149,18 +196,21 @@ def fold_report(
     existing: Mapping[str, DeviceRow],
     reported: Sequence[DeviceFacts],
     on: str,
+    shipped: Shipped = NOTHING_SHIPPED,
 ) -> Change:
-    """Apply one accepted report, received on date `on`, to the node's device rows."""
+    """Apply one accepted report, received on date `on`, to the node's device rows; a present
+    device takes the licence `shipped` gives its serial at `site_id`."""
     rows: list[DeviceRow] = []
     deltas: Counter[LineSpec] = Counter()
     present = set()
     for facts in reported:
         present.add(facts.uuid)
         old = existing.get(facts.uuid)
+        licence = licence_of(shipped, facts.serial, site_id)
         if old is None:
-            new = DeviceRow(node_id, site_id, facts, first_seen=on)
+            new = DeviceRow(node_id, site_id, facts, first_seen=on, licence=licence)
         else:
-            new = replace(old, facts=facts, gone_on=None, vanished=False)
+            new = replace(old, facts=facts, gone_on=None, vanished=False, licence=licence)
             if new == old:
                 continue
         _move(deltas, old, new)
@@ -183,6 +233,24 @@ def fold_decommission(existing: Mapping[str, DeviceRow], on: str) -> Change:
             _move(deltas, old, new)
             rows.append(new)
     return Change(tuple(rows), _nonzero(deltas))
+
+
+def rekey(rows: Iterable[DeviceRow], shipped: Shipped) -> Change:
+    """Give `rows` (present or gone) the licences a new registry's `shipped` gives them."""
+    out: list[DeviceRow] = []
+    deltas: Counter[LineSpec] = Counter()
+    for old in rows:
+        licence = licence_of(shipped, old.facts.serial, old.site_id)
+        if licence != old.licence:
+            new = replace(old, licence=licence)
+            _move(deltas, old, new)
+            out.append(new)
+    return Change(tuple(out), _nonzero(deltas))
+
+
+def moved_serials(old: Shipped, new: Shipped) -> set[str]:
+    """The serials whose (licence, site) differs between two registries' shipments."""
+    return {s for s in old.keys() | new.keys() if old.get(s) != new.get(s)}
 
 
 def _nonzero(deltas: Counter[LineSpec]) -> Counter[LineSpec]:

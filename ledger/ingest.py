@@ -8,6 +8,10 @@ day's first report (one `presence` entry), or a changed inventory (the projectio
 one `report` entry is appended, in the same transaction). Several reports share one
 transaction (`ingest_batch`, fed by the group committer); a report that is refused changes
 nothing, because every check runs before its first write.
+
+A device takes the licence whose shipment to its site lists its serial, from the registry's
+serial map (built once per registry, `SiteCache`); a registry change re-keys, in its own
+transaction, only the devices whose serials it moved (by the serial index).
 """
 
 from __future__ import annotations
@@ -30,12 +34,17 @@ from gpucap.core.scenario import parse_scenario
 from gpucap.ledger import db, log, tokens
 from gpucap.ledger.errors import RejectedError, UnavailableError
 from gpucap.ledger.fold import (
+    NOTHING_SHIPPED,
     Change,
     DeviceFacts,
+    Shipped,
     digest,
     fold_decommission,
     fold_report,
+    moved_serials,
+    rekey,
     resolve,
+    shipped_serials,
 )
 from gpucap.ledger.models import Report
 from gpucap.ledger.settings import iso_instant
@@ -81,6 +90,21 @@ class Txn:
         self.appended = 0  # log entries appended
         self._lines: list[Change] = []
         self._touched = False
+        # The registry digest whose serial map the reports' device rows were keyed with (None:
+        # not checked); see `finish`.
+        self.keyed_with: str | None = None
+        self._shipped: Shipped | None = None  # the replay's map, kept by `apply_registry`
+
+    def shipped(self) -> Shipped:
+        """The current registry's serial map (the replay's; read once per transaction)."""
+        if self._shipped is None:
+            reg = db.registry(self.conn)
+            self._shipped = NOTHING_SHIPPED if reg is None else shipped_serials(json.loads(reg.doc))
+        return self._shipped
+
+    def keep_shipped(self, shipped: Shipped) -> None:
+        """The map of the registry this transaction just recorded."""
+        self._shipped = shipped
 
     def new_version(self) -> int:
         """Take the version now (a rebuild, which must stamp rows with it as it goes)."""
@@ -102,6 +126,10 @@ class Txn:
     def finish(self) -> None:
         if self._lines or self._touched:
             version = self.new_version()
+            if self.keyed_with is not None and db.registry_digest(self.conn) != self.keyed_with:
+                # PostgreSQL: a registry change committed while this batch ran (the version
+                # bump waited for it), so its re-keying did not see these device rows.
+                raise UnavailableError("registry", "the registry changed during this write")
             for change in self._lines:
                 db.write_lines(self.conn, change, version)
             self._lines.clear()
@@ -140,17 +168,30 @@ class SiteCache:
     """
 
     def __init__(self) -> None:
-        self._state: tuple[int, str | None, Mapping[str, str]] = (-1, None, {})
+        self._state: tuple[int, str | None, Mapping[str, str], Shipped] = (-1, None, {}, {})
 
     def sites(self, conn: Connection) -> Mapping[str, str]:
         version = projection_version(conn)
-        seen, digest_seen, sites = self._state
+        seen, digest_seen, sites, shipped = self._state
         if version != seen:
             current = db.registry_digest(conn)
             if current != digest_seen or current is None:
-                sites = registry_sites(conn) or {}
-            self._state = (version, current, sites)
+                reg = db.registry(conn)
+                doc = {} if reg is None else json.loads(reg.doc)
+                sites = {str(s["id"]): str(s["entity"]) for s in doc.get("sites", [])}
+                shipped = shipped_serials(doc)
+            self._state = (version, current, sites, shipped)
         return sites
+
+    @property
+    def digest(self) -> str | None:
+        """The registry digest of the last `sites` answer."""
+        return self._state[1]
+
+    @property
+    def shipped(self) -> Shipped:
+        """serial -> (licence, site) of the registry of the last `sites` answer."""
+        return self._state[3]
 
 
 Result = Outcome | GpucapError
@@ -172,8 +213,11 @@ def ingest_batch(
     try:
         with transaction(store) as txn:
             known = sites.sites(txn.conn)
+            shipped = sites.shipped
+            if not store.is_sqlite:  # SQLite has one writer: no registry change can interleave
+                txn.keyed_with = sites.digest
             for i in order:
-                results[i] = _one(txn, batch[i], known, recorded_at, store.is_sqlite)
+                results[i] = _one(txn, batch[i], known, shipped, recorded_at, store.is_sqlite)
         return [r for r in results if r is not None], txn.appended
     except (sa.exc.DBAPIError, UnavailableError) as exc:
         if len(batch) == 1:
@@ -199,7 +243,12 @@ def _failure(exc: Exception) -> GpucapError:
 
 
 def _one(
-    txn: Txn, p: Prepared, sites: Mapping[str, str], recorded_at: str, is_sqlite: bool
+    txn: Txn,
+    p: Prepared,
+    sites: Mapping[str, str],
+    shipped: Shipped,
+    recorded_at: str,
+    is_sqlite: bool,
 ) -> Result:
     r = p.report
     day = recorded_at[:10]
@@ -223,7 +272,7 @@ def _one(
         return Outcome("duplicate", r.seq)
     if node is None:
         if not db.insert_node(txn.conn, params):  # another process enrolled it just now
-            return _one(txn, p, sites, recorded_at, is_sqlite)
+            return _one(txn, p, sites, shipped, recorded_at, is_sqlite)
     elif node.devices_digest == p.digest:
         # A heartbeat the compare-and-set missed: the day's first report (one presence entry),
         # or one that raced another process's (or a clock behind the one that set the day).
@@ -236,7 +285,7 @@ def _one(
         return Outcome("accepted", r.seq)
     else:
         db.update_node(txn.conn, params)
-    apply_devices(txn, r.node_id, r.site_id, p.facts, day, existing=node is not None)
+    apply_devices(txn, r.node_id, r.site_id, p.facts, day, shipped, existing=node is not None)
     body = r.model_dump(mode="json", by_alias=True)
     txn.append("report", f"node:{r.node_id}", body, recorded_at)
     return Outcome("accepted", r.seq)
@@ -268,12 +317,14 @@ def apply_devices(
     site_id: str,
     facts: Sequence[DeviceFacts],
     day: str,
+    shipped: Shipped,
     *,
     existing: bool = True,
 ) -> None:
-    """Fold a node's reported devices into the device rows and inventory lines."""
+    """Fold a node's reported devices into the device rows and inventory lines (licences by
+    serial from the registry's `shipped`)."""
     rows = db.devices(txn.conn, node_id) if existing else {}
-    change = fold_report(node_id, site_id, rows, facts, day)
+    change = fold_report(node_id, site_id, rows, facts, day, shipped)
     txn.changed(change)
     if not change.empty:
         txn.touch()  # device rows change what reconciliation sees even when no line moves
@@ -360,7 +411,15 @@ def set_registry(store: Store, doc: Any, origin: str, now: datetime, actor: str)
 
 
 def apply_registry(txn: Txn, doc: Any, origin: str, recorded_at: str) -> None:
+    """Record a registry and re-key the devices whose serials it ships differently: one
+    indexed read of those devices, so the cost follows the shipments changed, not the fleet."""
     text = log.canonical(doc)
     digest_ = hashlib.sha256(text.encode()).hexdigest()
+    before = txn.shipped()
+    after = shipped_serials(doc)
     db.replace_registry(txn.conn, digest_, text, origin, recorded_at)
+    txn.keep_shipped(after)
+    moved = moved_serials(before, after)
+    if moved:
+        txn.changed(rekey(db.devices_with_serials(txn.conn, moved), after))
     txn.touch()

@@ -76,7 +76,7 @@ def read_lines(conn: Connection, base: LineSet | None) -> tuple[LineSet, int]:
             by_site[site] = dict(by_site.get(site, {}))
         return by_site[site]
 
-    for key, site_id, model, tpp, eccn_class, installed, removed, count in rows:
+    for key, site_id, model, tpp, eccn_class, installed, removed, count, licence in rows:
         held = own(site_id)
         gone = lines.pop(key, None) if count <= 0 else lines.get(key)
         if gone is not None and gone.site != site_id:  # keys name their site: defensive
@@ -95,6 +95,8 @@ def read_lines(conn: Connection, base: LineSet | None) -> tuple[LineSet, int]:
             installed=date.fromisoformat(installed),
             removed=date.fromisoformat(removed) if removed else None,
             model=model,
+            licence=licence,
+            observed=licence is not None,  # by a shipped serial (see `fold.licence_of`)
         )
         lines[key] = held[key] = line
     history: tuple[tuple[int, int, frozenset[str]], ...] = ()

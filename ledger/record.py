@@ -30,12 +30,16 @@ from gpucap.ledger.fold import (
     Change,
     DeviceRow,
     LineSpec,
+    Shipped,
     digest,
     fold_decommission,
     fold_report,
     line_of,
     line_row,
+    moved_serials,
+    rekey,
     resolve,
+    shipped_serials,
 )
 from gpucap.ledger.inventory import MAX_DEVICES
 from gpucap.ledger.log import canonical
@@ -81,6 +85,7 @@ class Record:
         self.nodes: dict[str, NodeState] = {}
         self.site_nodes: dict[str, set[str]] = {}
         self.lines: Counter[LineSpec] = Counter()
+        self.shipped: Shipped = {}  # the registry's serial -> (licence, site)
         self._fleet: tuple[str, Fleet] | None = None
 
     # -- folding ----------------------------------------------------------------------------
@@ -110,6 +115,14 @@ class Record:
             self.registry = RegistryState(
                 body["doc"], body["origin"], hashlib.sha256(text.encode()).hexdigest(), index, at
             )
+            shipped = shipped_serials(body["doc"])
+            moved = moved_serials(self.shipped, shipped)
+            self.shipped = shipped
+            if moved:  # the devices whose serials the new registry ships elsewhere (or not)
+                for held in self.nodes.values():
+                    rows = [r for r in held.devices.values() if r.facts.serial in moved]
+                    if rows:
+                        self._change(held, rekey(rows, shipped), index)
         elif kind == "report":
             self._report(index, body, at)
         elif kind == "presence":
@@ -143,7 +156,7 @@ class Record:
         if existed and node.devices_digest == new_digest:
             return  # a heartbeat the hash-chain version logged: it changed no device row
         node.devices_digest = new_digest
-        change = fold_report(node.node_id, node.site_id, node.devices, facts, at[:10])
+        change = fold_report(node.node_id, node.site_id, node.devices, facts, at[:10], self.shipped)
         self._change(node, change, index)
 
     def _seen(self, node_id: str, site_id: str, seq: int, at: str) -> NodeState:
@@ -208,6 +221,8 @@ def spec_line(spec: LineSpec, count: int) -> Line:
         installed=date.fromisoformat(spec.installed),
         removed=date.fromisoformat(spec.removed) if spec.removed else None,
         model=spec.model,
+        licence=spec.licence or None,
+        observed=bool(spec.licence),
     )
 
 
@@ -243,6 +258,8 @@ def device_dict(node: NodeState, row: DeviceRow) -> dict[str, Any]:
         "first_seen": row.first_seen,
         "gone_on": row.gone_on,
         "vanished": row.vanished,
+        "serial": f.serial,
+        "licence": row.licence,
     }
 
 

@@ -54,7 +54,13 @@ def apply_entry(txn: ingest.Txn, where: str, leaf: str, catalogue: Catalogue) ->
         db.set_node(txn.conn, report.node_id, devices_digest=p.digest)
         day = recorded_at[:10]
         ingest.apply_devices(
-            txn, report.node_id, report.site_id, p.facts, day, existing=node is not None
+            txn,
+            report.node_id,
+            report.site_id,
+            p.facts,
+            day,
+            txn.shipped(),
+            existing=node is not None,
         )
     elif kind == "presence":
         _set_node(txn.conn, body["node_id"], body["site_id"], body["seq"], recorded_at)

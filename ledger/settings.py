@@ -58,6 +58,7 @@ class Settings:
     log_key_file: Path | None = None  # Ed25519 PEM key; None: the key kept in the database
     log_integrate_interval_s: float = 0.5  # how often pending entries from elsewhere are signed
     log_checkpoint_keep_s: float = 60.0  # one checkpoint per this interval is kept as history
+    shipment_grace_days: int = 30  # a shipped serial unreported this long after `shipped`: missing
     clock: Callable[[], datetime] = field(default=utc_now, compare=False)
 
     @property
@@ -113,6 +114,7 @@ class Settings:
             "GPUCAP_LEDGER_METRICS_PORT": ("metrics_port", int),
             "GPUCAP_LOG_INTEGRATE_INTERVAL_S": ("log_integrate_interval_s", float),
             "GPUCAP_LOG_CHECKPOINT_KEEP_S": ("log_checkpoint_keep_s", float),
+            "GPUCAP_SHIPMENT_GRACE_DAYS": ("shipment_grace_days", int),
         }
         for var, (name, kind) in numbers.items():
             raw = environ.get(var)

@@ -135,10 +135,13 @@ class Device(SQLModel, table=True):
     first_seen: str  # date
     gone_on: str | None = None  # date the node stopped reporting it, or decommission date
     vanished: bool = False  # gone without a decommission
+    serial: str | None = Field(default=None, index=True)  # as reported (shipments match it)
+    licence: str | None = None  # the licence whose shipment to this site lists the serial
 
 
 class InventoryLine(SQLModel, table=True):
-    """Observed devices aggregated per (site, model, tpp, class, first seen, gone): engine lines.
+    """Observed devices aggregated per (site, model, tpp, class, first seen, gone, licence):
+    engine lines (`licence`: the shipment's, by serial; None for none).
 
     `version` is the projection version that last wrote the row, so that a reader holding the
     rows of version V reads only `version > V`. A line whose count reaches 0 stays, with count 0
@@ -153,6 +156,7 @@ class InventoryLine(SQLModel, table=True):
     eccn_class: str
     installed: str
     removed: str | None = None
+    licence: str | None = None
     count: int = Field(sa_column=Column(BigInteger, nullable=False))
     version: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, index=True))
 

@@ -30,7 +30,7 @@ def test_migrate_is_idempotent(db_url: str) -> None:
     for _ in range(2):
         proc = gpucap("ledger", "migrate", "--db", db_url)
         assert proc.returncode == 0, proc.stderr
-        assert "revision 0004" in proc.stdout
+        assert "revision 0005" in proc.stdout
 
 
 def test_token_input_errors_exit_2(db_url: str) -> None:

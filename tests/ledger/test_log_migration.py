@@ -74,7 +74,7 @@ def test_the_old_chain_becomes_the_first_leaves(db_url: str, tmp_path: Path) -> 
     projections = {t: _table(url, t) for t in ("device", "token")}
     migrated = gpucap("ledger", "migrate", "--db", url)
     assert migrated.returncode == 0, migrated.stderr
-    assert "revision 0004" in migrated.stdout
+    assert "revision 0005" in migrated.stdout
     assert f"{len(events)} log entries integrated and signed" in migrated.stdout
     leaves = [json.loads(r[0]) for r in _rows(url, "SELECT leaf FROM log_entry ORDER BY idx")]
     assert [e["kind"] for e in leaves] == ["registry", *["report"] * 6, "decommission"]
@@ -89,6 +89,17 @@ def test_the_old_chain_becomes_the_first_leaves(db_url: str, tmp_path: Path) -> 
     after = {t: _table(url, t) for t in projections}
     assert all(tuple(r[-2:]) == (None, None) for r in after["token"])  # 0004: expiry, label
     after["token"] = [tuple(r[:-2]) for r in after["token"]]
+    # 0005: each device's serial from the last report describing it; no shipments, no licence.
+    serials = {
+        (json.loads(e.body)["node_id"], d["uuid"]): d["serial"]
+        for e in events
+        if e.kind == "report"
+        for d in json.loads(e.body)["devices"]
+    }
+    assert [tuple(r[-2:]) for r in after["device"]] == [
+        (serials[(r.node_id, r.uuid)], None) for r in after["device"]
+    ]
+    after["device"] = [tuple(r[:-2]) for r in after["device"]]
     assert after == {t: [tuple(r) for r in rows] for t, rows in projections.items()}
     verified = gpucap("ledger", "verify", "--db", url, "--projections")
     assert verified.returncode == 0, verified.stderr

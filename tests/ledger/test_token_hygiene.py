@@ -473,7 +473,7 @@ def test_upgrading_from_0003_keeps_existing_tokens_working(db_url: str) -> None:
         store.close()
     migrated = gpucap("ledger", "migrate", "--db", db_url)
     assert migrated.returncode == 0, migrated.stderr
-    assert "revision 0004" in migrated.stdout
+    assert "revision 0005" in migrated.stdout
     store = Store.open_existing(Settings(db_url=db_url))
     led = Ledger(Settings(db_url=db_url, revocation_ttl_s=0), store)
     try:
