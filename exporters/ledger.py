@@ -19,6 +19,8 @@ from gpucap.exporters.snapshots import FINDING_KINDS, LedgerSnapshot
 # series from the first scrape on; values outside these sets are emitted as they come.
 NODE_STATES: tuple[str, ...] = ("fresh", "stale")
 REPORT_STATUSES: tuple[str, ...] = ("accepted", "duplicate", "rejected")
+# The rule whose checks (scope `licence:ID`) also make the per-licence series.
+LICENCE_RULE = "licence_quantity"
 
 LEDGER_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(
@@ -60,6 +62,18 @@ LEDGER_METRICS: tuple[MetricSpec, ...] = (
         ("rule", "scope"),
     ),
     MetricSpec(
+        "gpucap_licence_used_tpp",
+        "gauge",
+        "TPP counted against each licence's quantity (its licence_quantity check).",
+        ("licence",),
+    ),
+    MetricSpec(
+        "gpucap_licence_limit_tpp",
+        "gauge",
+        "The quantity of each licence in TPP (a limit in units converted at the model's TPP).",
+        ("licence",),
+    ),
+    MetricSpec(
         "gpucap_site_tpp",
         "gauge",
         "Counted TPP installed at each site.",
@@ -92,7 +106,7 @@ LEDGER_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(
         "gpucap_ruleset_info",
         "gauge",
-        "The rule set the ledger evaluates caps against; always 1.",
+        "Each rule pack the ledger evaluates caps against; always 1.",
         ("id", "status"),
     ),
     MetricSpec(
@@ -130,6 +144,11 @@ def ledger_families(snapshot: LedgerSnapshot) -> list[Metric]:
             out.add("gpucap_cap_limit_share", cap.limit_share, share_key)
         out.add("gpucap_cap_headroom_tpp", cap.headroom_tpp, key)
         out.add("gpucap_cap_breached", 1 if cap.breached else 0, key)
+        if cap.rule == LICENCE_RULE and cap.scope.startswith("licence:"):
+            licence = {"licence": cap.scope.removeprefix("licence:")}
+            out.add("gpucap_licence_used_tpp", cap.used_tpp, licence)
+            if cap.limit_tpp is not None:
+                out.add("gpucap_licence_limit_tpp", cap.limit_tpp, licence)
     for site in snapshot.sites:
         labels = {
             "site": site.site,
@@ -152,12 +171,12 @@ def ledger_families(snapshot: LedgerSnapshot) -> list[Metric]:
         out.add("gpucap_reports_total", count, {"status": status})
     for reason, count in sorted(snapshot.auth_refusals_total.items()):
         out.add("gpucap_auth_refusals_total", count, {"reason": reason})
-    if snapshot.ruleset_id:  # empty: no registry (so no rule set) loaded yet
-        out.add(
-            "gpucap_ruleset_info",
-            1,
-            {"id": snapshot.ruleset_id, "status": snapshot.ruleset_status},
-        )
+    # One series per pack evaluated (none before a registry is loaded). The cap series need no
+    # `ruleset` label: no two shipped packs share a rule id (tests/ledger/test_multipack_ledger).
+    packs = snapshot.rulesets or ((snapshot.ruleset_id, snapshot.ruleset_status),)
+    for pack_id, status in packs:
+        if pack_id:
+            out.add("gpucap_ruleset_info", 1, {"id": pack_id, "status": status})
     out.add("gpucap_eventlog_rows", snapshot.eventlog_rows)
     out.add("gpucap_log_unsigned_age_seconds", snapshot.log_unsigned_age_s)
     return out.families()

@@ -200,7 +200,7 @@ ANSWER_SCHEMAS: dict[str, dict[str, Any]] = {
     },
     "Headroom": _obj(
         ("ruleset", "rulesets", "as_of", "verdict", "checks", "provenance"),
-        ruleset=_schema("Ruleset"),  # the first of `rulesets`, the packs evaluated (one today)
+        ruleset=_schema("Ruleset"),  # the first of `rulesets`, the packs evaluated
         rulesets={"type": "array", "items": _schema("Ruleset")},
         as_of=_TEXT,
         verdict=_TEXT,
@@ -210,8 +210,9 @@ ANSWER_SCHEMAS: dict[str, dict[str, Any]] = {
         provenance=_schema("Provenance"),
     ),
     "WhatIfAnswer": _obj(
-        ("ruleset", "as_of", "allowed", "binding", "before", "after", "provenance"),
+        ("ruleset", "rulesets", "as_of", "allowed", "binding", "before", "after", "provenance"),
         ruleset=_schema("Ruleset"),
+        rulesets={"type": "array", "items": _schema("Ruleset")},
         as_of=_TEXT,
         allowed={"type": "boolean"},
         binding={"type": ["object", "null"]},
@@ -243,6 +244,7 @@ ANSWER_SCHEMAS: dict[str, dict[str, Any]] = {
         **{"from": _TEXT, "to": _TEXT},
         step=_TEXT,
         ruleset=_OPEN_OBJECT,
+        rulesets=_LIST,
         warnings={"type": "array", "items": _TEXT},
         steps=_LIST,
         summary=_OPEN_OBJECT,
@@ -255,6 +257,13 @@ ANSWER_SCHEMAS: dict[str, dict[str, Any]] = {
         scope=_TEXT,
         status=_TEXT,
         contributions=_LIST,
+        provenance=_schema("Provenance"),
+    ),
+    "Licences": _obj(
+        ("as_of", "ruleset", "licences", "provenance"),
+        as_of=_TEXT,
+        ruleset=_TEXT,
+        licences=_LIST,
         provenance=_schema("Provenance"),
     ),
     "Events": _obj(
@@ -351,7 +360,20 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         _json("Headroom"),
         _READ,
         READERS,
-        (_SCOPE, _AS_OF, _KNOWN_AT),
+        (
+            _SCOPE,
+            _AS_OF,
+            _KNOWN_AT,
+            {
+                **_query(
+                    "ruleset",
+                    {"type": "array", "items": _TEXT},
+                    "a rule pack to evaluate instead of the registry's; repeat for several",
+                ),
+                "style": "form",
+                "explode": True,
+            },
+        ),
     ),
     ("post", "/v1/whatif"): Operation(
         "Evaluate hypothetical additions and removals",
@@ -377,6 +399,13 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("get", "/v1/reconciliation"): Operation(
         "Reconciliation findings", _json("Reconciliation"), (401, 403, 503), READERS
     ),
+    ("get", "/v1/licences"): Operation(
+        "Each visible licence's limit, use, covered sites and shipped serials",
+        _json("Licences"),
+        _READ,
+        READERS,
+        (_query("licence", _TEXT, "only this licence (another entity's: 403)"),),
+    ),
     ("get", "/v1/report"): Operation(
         "The period report",
         _json("PeriodReport"),
@@ -400,6 +429,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
             _query("scope", _TEXT, "the check's scope", required=True),
             _AS_OF_OR_EMPTY,
             _KNOWN_AT,
+            _query("ruleset", _TEXT, "the rule's pack, when several evaluated packs have it"),
         ),
     ),
     ("get", "/v1/events"): Operation(

@@ -55,6 +55,7 @@ EXPECTED: dict[tuple[str, str], tuple[int, ...]] = {
     ("GET", "/v1/inventory"): _READER,
     ("GET", "/v1/nodes"): _READER,
     ("GET", "/v1/reconciliation"): _READER,
+    ("GET", "/v1/licences"): _READER,
     ("GET", "/v1/report"): _READER,
     ("GET", "/v1/explain"): _READER,
     ("GET", "/v1/events"): _READER,
