@@ -14,6 +14,7 @@ is refused (exit 2), never deleted.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import shutil
@@ -308,12 +309,16 @@ class DemoStack:
                 time.sleep(0.3)
         raise DemoError("demo", f"agents did not report within {timeout_s:.0f} s")
 
-    def headroom(self) -> dict[str, Any]:
+    def get(self, path: str) -> dict[str, Any]:
+        """One operator read of the ledger (`/v1/headroom`, `/v1/licences`, ...)."""
         with self.operator() as client:
-            response = client.get("/v1/headroom")
+            response = client.get(path)
             response.raise_for_status()
             answer: dict[str, Any] = response.json()
             return answer
+
+    def headroom(self) -> dict[str, Any]:
+        return self.get("/v1/headroom")
 
 
 def register(subparsers: Any) -> None:
@@ -341,8 +346,21 @@ def register(subparsers: Any) -> None:
     demo.set_defaults(func=run_demo)
 
 
+def _findings_text(doc: dict[str, Any]) -> str:
+    """The reconciliation findings the demo has, one line per kind and item (at most 5 each)."""
+    lines = ["\nreconciliation findings (GET /v1/reconciliation):"]
+    for kind, count in doc["counts"].items():
+        if count:
+            lines.append(f"  {kind}: {count}")
+            lines += [f"    {json.dumps(i, sort_keys=True)}" for i in doc["findings"][kind][:5]]
+    if len(lines) == 1:
+        lines.append("  none")
+    return "\n".join(lines)
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from gpucap.core.report import render_document
+    from gpucap.ledger import licences
 
     if not 0 <= args.port <= 65535:
         raise InputError("--port", f"expected 0 (a free port) to 65535, got {args.port}")
@@ -361,6 +379,9 @@ def run_demo(args: argparse.Namespace) -> int:
         answer = stack.headroom()
         print("\nheadroom in the ledger, registry plus what the agents report:")
         print(render_document(answer))
+        print("licences (gpucap licences), used against limit and shipped against observed:")
+        print(licences.render(stack.get("/v1/licences"), "table"), end="")
+        print(_findings_text(stack.get("/v1/reconciliation")))
         print("\nledger:        ", stack.ledger_url, " (API docs at /docs)")
         print("ledger metrics:", f"{stack.ledger_url}/metrics")
         for child in stack.children.values():

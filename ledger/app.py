@@ -15,9 +15,9 @@ import contextlib
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import date
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,8 +26,9 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from gpucap.core.data import parse_day
+from gpucap.core.engine import Evaluation, evaluate
 from gpucap.core.errors import GpucapError, InputError
-from gpucap.core.report import check_to_dict, evaluation_head
+from gpucap.core.report import check_to_dict, document_head
 from gpucap.ledger import openapi
 from gpucap.ledger.auditapi import audit_routes
 from gpucap.ledger.errors import AuthError, RejectedError, UnavailableError
@@ -255,12 +256,14 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> FastAPI:
         scope: str | None = Query(None),
         as_of: str | None = Query(None),
         known_at: str | None = Query(None),
+        ruleset: Annotated[list[str] | None, Query()] = None,
     ) -> Response:
         """The checks of `gpucap evaluate` over registry plus observed inventory, by scope, as
-        the record stands now or as the log held it at `known_at`, with provenance."""
+        the record stands now or as the log held it at `known_at`, with provenance; under the
+        registry's rule packs, or the `ruleset`s named (repeatable)."""
         led = get()
         principal = operator(request)
-        body = headroom_body(led, principal, scope, as_of, known_at)
+        body = headroom_body(led, principal, scope, as_of, known_at, ruleset or ())
         return Response(body, media_type="application/json")
 
     @app.post("/v1/whatif")
@@ -297,6 +300,14 @@ def create_app(settings: Settings, ledger: Ledger | None = None) -> FastAPI:
     @app.get("/v1/reconciliation")
     def reconciliation(request: Request) -> dict[str, Any]:
         return get().reconciliation_for(operator(request))
+
+    @app.get("/v1/licences")
+    def licences(request: Request, licence: str | None = Query(None)) -> dict[str, Any]:
+        """Each visible licence's limit, use, headroom, covered sites and shipped serials."""
+        from gpucap.ledger.licences import licences_for
+
+        led = get()
+        return licences_for(led, operator(request), licence or None)
 
     app.include_router(log_routes(get, operator))
     app.include_router(audit_routes(get, operator))
@@ -338,11 +349,12 @@ def headroom_body(
     scope: str | None,
     as_of: str | None,
     known_at: str | None = None,
+    rulesets: Sequence[str] = (),
 ) -> bytes:
     """The `/v1/headroom` answer's JSON for one caller (the route's whole logic, also
     benchmarked): the document's bytes, cached per (view, token entity, scope), with the
     provenance block (made per request: it names the newest checkpoint) joined on."""
-    view, requested = _headroom(led, principal, scope, as_of, known_at)
+    view, requested = _headroom(led, principal, scope, as_of, known_at, rulesets)
     body = view.document.body(principal.entity, requested)
     provenance = json.dumps(led.provenance(view)).encode()
     # One copy of the (megabytes of) cached body: the view drops its closing brace uncopied.
@@ -355,9 +367,10 @@ def headroom_answer(
     scope: str | None,
     as_of: str | None,
     known_at: str | None = None,
+    rulesets: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The `/v1/headroom` document for one caller, as data (`headroom_body` is its JSON)."""
-    view, requested = _headroom(led, principal, scope, as_of, known_at)
+    view, requested = _headroom(led, principal, scope, as_of, known_at, rulesets)
     return {**view.document.answer(principal.entity, requested), "provenance": led.provenance(view)}
 
 
@@ -367,11 +380,13 @@ def _headroom(
     scope: str | None,
     as_of: str | None,
     known_at: str | None,
+    rulesets: Sequence[str] = (),
 ) -> tuple[View, tuple[str, str] | None]:
     """The view a headroom request reads and its parsed scope (refused, and counted, when the
     principal may not see it)."""
     day = _parse_day(as_of, "as_of", led.today())
-    view = led.view_known(day, parse_known_at(known_at))
+    packs = led.rulesets(rulesets)
+    view = led.view_known(day, parse_known_at(known_at), packs)
     requested = None
     if scope:
         try:
@@ -396,31 +411,56 @@ def _visible(
 def _whatif(led: Ledger, principal: Principal, req: WhatIf) -> dict[str, Any]:
     day = req.as_of or led.today()
     view = led.view_known(day, parse_known_at(req.known_at))
-    ev, fleet = view.evaluation, view.fleet
+    fleet = view.fleet
     for item in (*req.add, *req.remove):
         if item.site in view.index.sites:
             _visible(led, ("site", item.site), principal, view.index)
     changed = whatif_fleet(fleet, req, day, led.catalogue)
-    after = led_evaluate(led, changed, day)
-    h100e = ev.h100e_tpp
+    afters = [evaluate(changed, pack, day) for pack in view.packs]
+    answers = []
+    for ev, after, index in zip(view.evaluations, afters, view.indexes, strict=True):
 
-    def visible(check: Any) -> bool:
-        return can_see(check.scope, principal.entity, view.index)
+        def visible(check: Any, index: FleetIndex = index) -> bool:
+            return can_see(check.scope, principal.entity, index)
 
-    answer = whatif_answer(ev, after, visible, lambda c: check_to_dict(c, h100e))
-    head = evaluation_head(after)
+        def to_dict(check: Any, ev: Evaluation = ev) -> dict[str, Any]:
+            return check_to_dict(check, ev.h100e_tpp, ev.ruleset.id)
+
+        answers.append((after, whatif_answer(ev, after, visible, to_dict)))
+    head = document_head(afters)
     return {
         "ruleset": head["ruleset"],
+        "rulesets": head["rulesets"],
         "as_of": day.isoformat(),
-        **answer,
+        **_whatif_joined(answers),
         "provenance": led.provenance(view),
     }
 
 
-def led_evaluate(led: Ledger, fleet: Any, day: date) -> Any:
-    from gpucap.core.engine import evaluate
+def _whatif_joined(answers: Sequence[tuple[Evaluation, dict[str, Any]]]) -> dict[str, Any]:
+    """The what-if answers of each pack as one: allowed when every pack allows it; `binding`,
+    naming its pack, the least headroom (exact) among the blocking packs' bindings, else among
+    all packs'; `before` and `after` in document order (breaches first, then by pack)."""
+    allowed = all(a["allowed"] for _, a in answers)
+    bindings = []
+    for k, (after, a) in enumerate(answers):
+        if a["binding"] is None or (a["allowed"] and not allowed):
+            continue
+        rule, scope = a["binding"]["rule"], a["binding"]["scope"]
+        exact = next(c.headroom_tpp for c in after.checks if (c.rule, c.scope) == (rule, scope))
+        bindings.append((exact, k, {"ruleset": after.ruleset.id, **a["binding"]}))
+    binding = min(bindings, key=lambda b: (b[0], b[1]))[2] if bindings else None
 
-    return evaluate(fleet, led.pack(fleet.ruleset), day)
+    def in_order(key: str) -> list[dict[str, Any]]:
+        checks = [c for _, a in answers for c in a[key]]
+        return sorted(checks, key=lambda c: c["status"] != "breach")  # stable: pack order kept
+
+    return {
+        "allowed": allowed,
+        "binding": binding,
+        "before": in_order("before"),
+        "after": in_order("after"),
+    }
 
 
 def metrics_response(led: Ledger) -> Response:

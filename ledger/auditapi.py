@@ -45,12 +45,14 @@ def audit_routes(get: Callable[[], Ledger], reader: Callable[[Request], Principa
         scope: str = Query(...),
         as_of: str | None = Query(None),
         known_at: str | None = Query(None),
+        ruleset: str | None = Query(None),
     ) -> dict[str, Any]:
         """One check's figures line by line: declared and observed contributions, devices,
         and the log entry that introduced each."""
         principal = reader(request)
         led = get()
-        return led.explain(principal, rule, scope, day(as_of), parse_known_at(known_at))
+        known = parse_known_at(known_at)
+        return led.explain(principal, rule, scope, day(as_of), known, ruleset)
 
     @router.get("/events")
     def history(

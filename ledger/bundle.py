@@ -3,11 +3,11 @@
 `export` writes one zip: `manifest.json` (what, for which scope and dates, by whom, and the
 SHA-256 of every other file), `headroom.json` (the answer with provenance), `explain/` (one file
 per check), `devices.csv`, `entries.jsonl` (each entry the numbers depend on, with its inclusion
-proof to the bundled checkpoint), `checkpoint.txt`, `verifier-key.txt`, the rule pack and
-catalogue files, and `registry.json`.
+proof to the bundled checkpoint), `checkpoint.txt`, `verifier-key.txt`, the file of every rule
+pack the answer evaluated, the catalogue files, and `registry.json`.
 
 `verify` trusts only the verifier key the auditor supplies and its own gpucap: the checkpoint's
-signature, each entry's inclusion proof, the rule pack and catalogue files against gpucap's own
+signature, each entry's inclusion proof, each rule pack and the catalogue files against gpucap's own
 copies of the same version, and then the numbers, re-derived by folding the bundled entries
 (`record.py`) and evaluating them with the bundled packs: headroom, every explain file and every
 device row must come out equal. Rewriting the manifest's digests therefore hides nothing: every
@@ -42,16 +42,15 @@ import gpucap
 from gpucap.core.catalogue import Catalogue, parse_catalogue
 from gpucap.core.classify import parse_thresholds
 from gpucap.core.data import load_yaml_text
-from gpucap.core.engine import tally
 from gpucap.core.errors import GpucapError, InputError
 from gpucap.core.ruleset import RulePack, country_codes, load_ruleset_file, parse_ruleset
 from gpucap.ledger import log, merkle, note
-from gpucap.ledger.documents import Document
 from gpucap.ledger.errors import VerificationError
-from gpucap.ledger.explainer import explain_answer
+from gpucap.ledger.evaluations import Basis, fresh_view
+from gpucap.ledger.explainer import explain_answer, pack_of
 from gpucap.ledger.known import KnownAt, catalogue_paths, ruleset_path
 from gpucap.ledger.record import Record, RegistryState
-from gpucap.ledger.views import FleetIndex, parse_request_scope, require_visible
+from gpucap.ledger.views import parse_request_scope, require_visible
 
 if TYPE_CHECKING:
     from gpucap.ledger.service import Ledger
@@ -278,19 +277,16 @@ def _replay(
     if entity is None and log.canonical(state.doc) != log.canonical(registry.get("doc")):
         raise _fail("registry.json", "differs from the registry entry in the log")
     fleet = record.fleet()
-    pack = packs.get(fleet.ruleset)
-    if pack is None:
-        raise _fail("rulesets", f"the registry's rule pack {fleet.ruleset} is not bundled")
+    for pack_id in fleet.packs:  # every pack the registry names is evaluated, so bundled
+        if pack_id not in packs:
+            raise _fail("rulesets", f"the registry's rule pack {pack_id} is not bundled")
     as_of = date.fromisoformat(str(manifest["as_of"]))
-    evaluation = tally(fleet, pack, as_of).evaluation
-    index = FleetIndex.of(fleet, pack.tiers.resolve)
+    view = fresh_view(fleet, [packs[p] for p in fleet.packs], as_of, Basis("", 0, 0, None))
     skipped = {(c["rule"], c["scope"]) for c in manifest.get("not_reproducible", [])}
     headroom = _json(files, "headroom.json")
     headroom.pop("provenance", None)
     requested = manifest.get("requested")
-    want = Document(evaluation, index).answer(
-        entity, None if requested is None else tuple(requested)
-    )
+    want = view.document.answer(entity, None if requested is None else tuple(requested))
     _compare_headroom(headroom, want, skipped)
     explained = 0
     for name in sorted(n for n in files if n.startswith("explain/")):
@@ -299,7 +295,10 @@ def _replay(
         key = (doc.get("rule"), doc.get("scope"))
         if key in skipped:
             continue
-        made = explain_answer(record, fleet, pack, index, as_of, str(key[0]), str(key[1]), entity)
+        rule, ruleset = str(key[0]), doc.get("ruleset")
+        k = pack_of(view.packs, rule, None if ruleset is None else str(ruleset))
+        pack, index = view.packs[k], view.indexes[k]
+        made = explain_answer(record, fleet, pack, index, as_of, rule, str(key[1]), entity)
         made = {"as_of": as_of.isoformat(), **made}
         _compare(name, doc, made)
         explained += 1
@@ -466,7 +465,6 @@ def export(
         if requested[0] == "entity":
             entity = requested[1]  # a bundle for one entity holds nothing about the others
     headroom = {**view.document.answer(entity, requested), "provenance": led.provenance(view)}
-    pack = led.pack(view.fleet.ruleset)
     files: dict[str, bytes] = {"headroom.json": dumps(headroom)}
     not_reproducible = []
     with led.past.record(size) as rec:
@@ -474,8 +472,9 @@ def export(
         assert state is not None  # view_known refused a prefix without a registry
         for n, check in enumerate(headroom["checks"]):
             rule, check_scope = check["rule"], check["scope"]
+            k = pack_of(view.packs, rule, check["ruleset"])
             doc = explain_answer(
-                rec, view.fleet, pack, view.index, as_of, rule, check_scope, entity
+                rec, view.fleet, view.packs[k], view.indexes[k], as_of, rule, check_scope, entity
             )
             doc = {"as_of": as_of.isoformat(), **doc, "provenance": headroom["provenance"]}
             files[explain_name(n, rule, check_scope)] = dumps(doc)
@@ -504,7 +503,8 @@ def export(
             _write_entries(conn, entries, size, tree.size, entity, own_nodes, registry_index)
         files["checkpoint.txt"] = tree.note.encode("utf-8")
         files["verifier-key.txt"] = (led.signer.verifier_key + "\n").encode("utf-8")
-        files[f"rulesets/{pack.id}.yaml"] = ruleset_path(pack.id).read_bytes()
+        for pack in view.packs:
+            files[f"rulesets/{pack.id}.yaml"] = ruleset_path(pack.id).read_bytes()
         catalogue, thresholds = catalogue_paths()
         files["catalogue.yaml"] = catalogue.read_bytes()
         files["eccn-3a090.yaml"] = thresholds.read_bytes()
@@ -513,7 +513,7 @@ def export(
             checkpoint_size=tree.size,
             registry_log_index=registry_index,
             sites=site_ids,
-            rulesets=[pack.id],
+            rulesets=[pack.id for pack in view.packs],
             exported_by=by,
             exported_at=headroom["provenance"]["generated_at"],
             not_reproducible=not_reproducible,
@@ -593,15 +593,46 @@ def _bundled(
 
 
 def redacted_registry(doc: Any, entity: str) -> dict[str, Any]:
-    """A registry document reduced to one entity: its entry, sites and inventory lines, and the
-    facts of the countries it has sites in."""
+    """A registry document reduced to one entity: its entry, sites and inventory lines, the
+    licences it holds (naming only its own sites; one left naming no place is left out) and
+    their shipments to its sites, and the facts of the countries it has sites in. A line of
+    the entity naming a licence left out keeps no licence: that licence could not cover it
+    (another licensee, or a site it does not name), so no figure of the entity moves."""
     sites = [s for s in doc.get("sites", []) if s.get("entity") == entity]
     own = {s.get("id") for s in sites}
     countries = {s.get("country") for s in sites}
-    out = {k: v for k, v in doc.items() if k not in ("entities", "sites", "inventory", "countries")}
+    dropped = ("entities", "sites", "inventory", "countries", "licences", "shipments")
+    out = {k: v for k, v in doc.items() if k not in dropped}
     out["entities"] = [e for e in doc.get("entities", []) if e.get("id") == entity]
     out["sites"] = sites
-    out["inventory"] = [ln for ln in doc.get("inventory", []) if ln.get("site") in own]
+    licences = [_own_part(lic, own) for lic in doc.get("licences", [])]
+    licences = [lic for lic in licences if lic.get("licensee") == entity and _places(lic)]
+    held = {lic.get("id") for lic in licences}
+    if "licences" in doc:
+        out["licences"] = licences
+    if "shipments" in doc:
+        out["shipments"] = [
+            s for s in doc["shipments"] if s.get("licence") in held and s.get("site") in own
+        ]
+    out["inventory"] = [
+        ln if ln.get("licence") in held or "licence" not in ln else _without_licence(ln)
+        for ln in doc.get("inventory", [])
+        if ln.get("site") in own
+    ]
     if "countries" in doc:
         out["countries"] = {c: v for c, v in doc["countries"].items() if c in countries}
     return out
+
+
+def _without_licence(line: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in line.items() if k != "licence"}
+
+
+def _own_part(licence: dict[str, Any], own: set[Any]) -> dict[str, Any]:
+    if "sites" not in licence:
+        return licence
+    return {**licence, "sites": [s for s in licence["sites"] if s in own]}
+
+
+def _places(licence: dict[str, Any]) -> bool:
+    return bool(licence.get("sites") or licence.get("countries"))

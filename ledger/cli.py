@@ -144,9 +144,11 @@ def register(subparsers: Any) -> None:
     add_client_flags(nodes)
     nodes.set_defaults(func=_nodes, as_of=None)
 
-    from gpucap.ledger import audit_cli
+    from gpucap.ledger import audit_cli, licences, shipimport
 
     audit_cli.register_ledger(sub, db_flag)
+    licences.register(subparsers)
+    shipimport.register(subparsers)
 
     headroom = subparsers.add_parser("headroom", help="ask a ledger how much headroom is left")
     headroom.add_argument("--ledger", help="ledger base URL (default: GPUCAP_LEDGER)")
@@ -154,6 +156,13 @@ def register(subparsers: Any) -> None:
     headroom.add_argument("--as-of", help="date YYYY-MM-DD (default: today)")
     headroom.add_argument(
         "--known-at", help="the record as the log held it: ISO 8601 instant or log:N"
+    )
+    headroom.add_argument(
+        "--ruleset",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="rule pack to evaluate instead of the registry's; repeat for several",
     )
     headroom.add_argument("--format", choices=("table", "json"), default="table")
     add_client_flags(headroom)
@@ -546,7 +555,7 @@ def _headroom(args: argparse.Namespace) -> int:
     known = known_at_param(args.known_at)
     client = _client(args)
     try:
-        answer = client.headroom(args.scope, args.as_of, known)
+        answer = client.headroom(args.scope, args.as_of, known, args.ruleset)
     finally:
         client.close()
     if args.format == "json":
@@ -591,10 +600,10 @@ def _whatif(args: argparse.Namespace) -> int:
             )
         from gpucap.ledger.known import short
 
-        ruleset = answer["ruleset"]
-        print(f"rule pack {ruleset['id']} {ruleset['version']}: {ruleset['status']}")
-        for warning in ruleset["warnings"]:
-            print(f"warning: {warning}")
+        for ruleset in answer.get("rulesets") or [answer["ruleset"]]:
+            print(f"rule pack {ruleset['id']} {ruleset['version']}: {ruleset['status']}")
+            for warning in ruleset["warnings"]:
+                print(f"warning: {warning}")
         print(checks_table(answer["after"]))
         print(short(answer["provenance"]), end="")
     return 0 if answer["allowed"] else 1

@@ -226,7 +226,7 @@ def _check_index(
     scopes: Sequence[str],
 ) -> tuple[dict[str, list[int]], dict[str, list[int]], list[int]]:
     """Positions of checks (by their scopes) by the country and by the owners (entity,
-    consignee) their scope names, and those naming a site (the engine makes none today)."""
+    consignee) their scope names, and those naming a site or a licence."""
     by_country: dict[str, list[int]] = {}
     by_owner: dict[str, list[int]] = {}
     with_site: list[int] = []
@@ -237,6 +237,6 @@ def _check_index(
         for kind in ("entity", "consignee"):
             if kind in parts:
                 by_owner.setdefault(parts[kind], []).append(i)
-        if "site" in parts:
+        if "site" in parts or "licence" in parts:  # few: always candidates, `Cut` decides
             with_site.append(i)
     return by_country, by_owner, with_site

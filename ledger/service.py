@@ -36,7 +36,7 @@ from gpucap.ledger import db, events, heap, ingest, inventory, log, reconcile, t
 from gpucap.ledger.batcher import GroupCommitter
 from gpucap.ledger.errors import AuthError, UnavailableError
 from gpucap.ledger.evaluations import Evaluations, View, live_basis
-from gpucap.ledger.explainer import explain_answer
+from gpucap.ledger.explainer import explain_answer, pack_of
 from gpucap.ledger.ingest import Outcome, Prepared
 from gpucap.ledger.integrator import Integrator
 from gpucap.ledger.known import KnownAt, PastRecords, ProofCache, provenance, resolve
@@ -57,11 +57,8 @@ def registry_doc(path: Path, catalogue: Catalogue) -> Any:
     raw = read_yaml(path, error=InputError)  # a file that is not UTF-8 is an InputError too
     doc = json.loads(json.dumps(raw, default=str))
     fleet = ingest.load_registry_doc(doc, path.name, catalogue)
-    if len(fleet.packs) > 1:  # until the ledger evaluates several packs together
-        listed = ", ".join(fleet.packs)
-        raise InputError("rulesets", f"the ledger evaluates one rule pack; this lists {listed}")
-    (pack,) = fleet_packs(fleet)
-    evaluate(fleet, pack, fleet.as_of or date.today())  # rule-dependent checks (UVEU tier)
+    for pack in fleet_packs(fleet):  # every pack the ledger will evaluate it under
+        evaluate(fleet, pack, fleet.as_of or date.today())  # rule-dependent checks (UVEU tier)
     return doc
 
 
@@ -162,6 +159,20 @@ class Ledger:
         if ruleset_id not in self._packs:
             self._packs[ruleset_id] = load_ruleset(ruleset_id)
         return self._packs[ruleset_id]
+
+    def rulesets(self, ids: Sequence[str]) -> tuple[str, ...] | None:
+        """Pack ids a caller names in place of the registry's (None for none), checked:
+        InputError naming `ruleset` for an unknown or repeated id."""
+        if not ids:
+            return None
+        for j, pack_id in enumerate(ids):
+            if pack_id in ids[:j]:
+                raise InputError("ruleset", f"rule pack {pack_id!r} is given twice")
+            try:
+                self.pack(pack_id)
+            except InputError as exc:
+                raise InputError("ruleset", exc.reason) from None
+        return tuple(ids)
 
     # -- time -----------------------------------------------------------------------------
     def now(self) -> datetime:
@@ -281,19 +292,23 @@ class Ledger:
 
     # -- headroom -------------------------------------------------------------------------
     def evaluation(self, as_of: date) -> tuple[Evaluation, Fleet]:
-        """The unfiltered evaluation on `as_of` and the fleet it was computed over."""
+        """The first pack's unfiltered evaluation on `as_of` and the fleet it was computed over
+        (`view(as_of).evaluations` holds every pack's)."""
         view = self.view(as_of)
         return view.evaluation, view.fleet
 
-    def view(self, as_of: date) -> View:
+    def view(self, as_of: date, rulesets: tuple[str, ...] | None = None) -> View:
         """The evaluation on `as_of` with its index and answers, cached per projection version
-        (one small query per call validates the cache against the database)."""
-        return self.evaluations.view(as_of)
+        (one small query per call validates the cache against the database), under the
+        registry's packs or the checked `rulesets` (`Ledger.rulesets`)."""
+        return self.evaluations.view(as_of, rulesets)
 
-    def view_known(self, as_of: date, known: KnownAt | None) -> View:
+    def view_known(
+        self, as_of: date, known: KnownAt | None, rulesets: tuple[str, ...] | None = None
+    ) -> View:
         """The live view (`known` None), or the evaluation of the log prefix `known` names."""
         if known is None:
-            return self.view(as_of)
+            return self.view(as_of, rulesets)
         if known.instant is not None:
             with self.store.read() as conn:
                 oldest = log.oldest_pending(conn)
@@ -301,7 +316,7 @@ class Ledger:
                 self.integrator.run_once()  # entries recorded by then are signed before answering
         with self.store.read() as conn:
             size = resolve(conn, known, self.now())
-        view = self.past.view(size, as_of, self.pack)
+        view = self.past.view(size, as_of, self.pack, rulesets)
         return replace(view, basis=replace(view.basis, known_at=known.label()))
 
     def signed_now(self) -> KnownAt:
@@ -316,15 +331,18 @@ class Ledger:
         scope: str,
         as_of: date | None = None,
         known: KnownAt | None = None,
+        ruleset: str | None = None,
     ) -> dict[str, Any]:
-        """One check's contributions, from the record of the signed log (or its prefix)."""
+        """One check's contributions, from the record of the signed log (or its prefix), in the
+        pack that has the rule (`ruleset`: the pack, when several evaluated packs have it)."""
         as_of = as_of or self.today()
         view = self.view_known(as_of, known or self.signed_now())
-        pack = self.pack(view.fleet.ruleset)
+        k = pack_of(view.packs, rule, ruleset)
+        pack, index = view.packs[k], view.indexes[k]
         with self.past.record(view.basis.log_size) as rec:
             try:
                 answer = explain_answer(
-                    rec, view.fleet, pack, view.index, as_of, rule, scope, principal.entity
+                    rec, view.fleet, pack, index, as_of, rule, scope, principal.entity
                 )
             except AuthError as exc:
                 self.refuse(exc)
@@ -348,7 +366,8 @@ class Ledger:
     def provenance(self, view: View) -> dict[str, Any]:
         """The provenance block of an answer computed from `view`."""
         with self.store.read() as conn:
-            return provenance(conn, view.basis, [view.evaluation.ruleset], self.now(), self._proofs)
+            states = [ev.ruleset for ev in view.evaluations]
+            return provenance(conn, view.basis, states, self.now(), self._proofs)
 
     @property
     def freeze_evaluations(self) -> bool:
@@ -372,8 +391,15 @@ class Ledger:
         ones, which the evaluation's fleet also holds) with the devices agents report.
         """
         with self.store.read() as conn:
+            fleet = self.registry(conn)
             return reconcile.findings(
-                conn, self.registry(conn), self.now(), self.settings.stale_after_s, self.today()
+                conn,
+                fleet,
+                self.now(),
+                self.settings.stale_after_s,
+                self.today(),
+                [self.pack(p) for p in fleet.packs],
+                self.settings.shipment_grace_days,
             )
 
     def reconciliation_for(self, principal: tokens.Principal) -> dict[str, Any]:
@@ -473,7 +499,8 @@ class Ledger:
             with self._lock:  # the log's freshness is cheap and must not wait for a rebuild
                 self._snapshot = replace(self._snapshot, log_unsigned_age_s=unsigned)
             return False
-        ev, _ = self.evaluation(now.date())
+        view = self.view(now.date())
+        ev = view.evaluation  # the first pack's: its sites' tiers label gpucap_site_tpp
         found = self.reconciliation()
         with self.store.read() as conn:
             nodes = reconcile.node_counts(conn, now, self.settings.stale_after_s)
@@ -492,7 +519,8 @@ class Ledger:
                     share=None if c.share is None else float(c.share),
                     limit_share=None if c.limit_share is None else float(c.limit_share),
                 )
-                for c in ev.checks
+                for each in view.evaluations
+                for c in each.checks
             ),
             sites=tuple(
                 SiteSample(s.id, s.entity, s.country, str(s.tier), float(s.installed_tpp))
@@ -502,6 +530,7 @@ class Ledger:
             findings=dict(found["counts"]),
             eventlog_rows=size,
             log_unsigned_age_s=unsigned,
+            rulesets=tuple((e.ruleset.id, e.ruleset.status) for e in view.evaluations),
         )
         with self._lock:
             self._snapshot = snap

@@ -1,8 +1,11 @@
 """Pure views over the ledger's projections: the engine's Fleet, scopes, and what-if fleets.
 
 Scopes are the engine's strings: `country:XX`, `entity:E`, `entity:E/country:XX`,
-`consignee:E/year:Y`; a request may also name `site:S`. An operator limited to entity E sees the
-checks whose entity parts all name E, and the country checks of the countries where E has sites.
+`consignee:E/year:Y`, `site:S`, `licence:L`; a request may name `country:XX`, `entity:E` or
+`site:S`. An operator limited to entity E sees the checks whose entity parts all name E, the
+checks of E's sites and licences, and the country checks of the countries where E has sites. A
+requested site or country takes in the checks of the sites there and of the licences that name
+them (a site: only its entity's licences); a requested entity, those of its sites and licences.
 The engine names a territory's checks by the country the rule pack treats it as (a site in HK
 has `country:CN` checks), so every country here is compared after that resolution.
 """
@@ -10,7 +13,7 @@ has `country:CN` checks), so every country here is compared after that resolutio
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import date
 from fractions import Fraction
 from typing import Any, NoReturn
@@ -65,6 +68,8 @@ class FleetIndex:
     site_pos: Mapping[str, int]
     pos_by_country: Mapping[str, tuple[int, ...]]  # by resolved country
     pos_by_entity: Mapping[str, tuple[int, ...]]
+    # licence id -> (licensee, the sites it names, the resolved countries it names)
+    licences: Mapping[str, tuple[str, frozenset[str], frozenset[str]]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, fleet: Fleet, resolve: Callable[[str], str]) -> FleetIndex:
@@ -86,7 +91,26 @@ class FleetIndex:
             site_pos={s.id: i for i, s in enumerate(fleet.sites)},
             pos_by_country={c: tuple(p) for c, p in at_country.items()},
             pos_by_entity={e: tuple(p) for e, p in of_entity.items()},
+            licences={
+                lic.id: (lic.licensee, lic.sites, frozenset(resolve(c) for c in lic.countries))
+                for lic in fleet.licences
+            },
         )
+
+    def licence_at(self, licence: str, site_id: str) -> bool:
+        """Whether a licence is held by the site's entity and names the site or its country."""
+        held = self.licences.get(licence)
+        site = self.sites.get(site_id)
+        if held is None or site is None or held[0] != site.entity:
+            return False
+        return site_id in held[1] or self.site_country[site_id] in held[2]
+
+    def licence_in(self, licence: str, country: str) -> bool:
+        """Whether a licence names a (resolved) country or a site in it."""
+        held = self.licences.get(licence)
+        if held is None:
+            return False
+        return country in held[2] or any(self.site_country.get(s) == country for s in held[1])
 
 
 def can_see(scope: str, entity: str | None, index: FleetIndex) -> bool:
@@ -97,6 +121,9 @@ def can_see(scope: str, entity: str | None, index: FleetIndex) -> bool:
     owners = [parts[k] for k in _ENTITY_KINDS if k in parts]
     if owners:
         return all(o == entity for o in owners)
+    if "licence" in parts:  # a licence is its licensee's
+        held = index.licences.get(parts["licence"])
+        return held is not None and held[0] == entity
     if "site" in parts:
         site = index.sites.get(parts["site"])
         return site is not None and site.entity == entity
@@ -149,6 +176,21 @@ def matches(scope: str, requested: tuple[str, str], index: FleetIndex) -> bool:
     """
     kind, value = requested
     parts = scope_parts(scope)
+    if "licence" in parts:
+        licence = parts["licence"]
+        if kind == "country":
+            return index.licence_in(licence, value)
+        if kind == "entity":
+            held = index.licences.get(licence)
+            return held is not None and held[0] == value
+        return index.licence_at(licence, value)
+    if "site" in parts:
+        checked = index.sites.get(parts["site"])
+        if checked is None:
+            return False
+        if kind == "country":
+            return index.site_country[checked.id] == value
+        return (checked.entity if kind == "entity" else checked.id) == value
     if kind == "country":
         return parts.get("country") == value
     if kind == "entity":
