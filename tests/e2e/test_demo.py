@@ -22,7 +22,8 @@ def test_demo_once_shows_headroom_and_metrics_urls(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "2 rule packs on" in out and "verdict BREACH" in out
+    assert "2 rule packs on" in out
+    assert "verdict BREACH" in out
     lines = out.splitlines()
     breaches = [ln.split()[1:3] for ln in lines if ln.split()[:1] == ["BREACH"]]
     # Under the Diffusion pack: aurora's UVEU share in AE. Under us-ear-2026: kestrel, whose
