@@ -114,7 +114,12 @@ def _report(node: int, seq: int, swap: bool = False) -> bytes:
     ).encode()
 
 
-def _registry(n_sites: int, n_countries: int, n_entities: int) -> dict[str, Any]:
+DIFFUSION = "us-bis-ai-diffusion-2025"
+
+
+def _registry(
+    n_sites: int, n_countries: int, n_entities: int, packs: tuple[str, ...] = (DIFFUSION,)
+) -> dict[str, Any]:
     codes = [*sorted(country_codes() - {"US"})[: n_countries - 1], "US"]
     entities = []
     for e in range(n_entities):
@@ -140,7 +145,7 @@ def _registry(n_sites: int, n_countries: int, n_entities: int) -> dict[str, Any]
         }
         for s in range(n_sites)
     ]
-    return {"ruleset": "us-bis-ai-diffusion-2025", "entities": entities, "sites": sites}
+    return {"rulesets": list(packs), "entities": entities, "sites": sites}
 
 
 @contextmanager
@@ -353,18 +358,24 @@ _TARGETS = (
 
 
 def bench_headroom(
-    url: str, label: str, n_sites: int, n_countries: int, n_gpus: int, rounds: int = 30
+    url: str,
+    label: str,
+    n_sites: int,
+    n_countries: int,
+    n_gpus: int,
+    rounds: int = 30,
+    packs: tuple[str, ...] = (DIFFUSION,),
 ) -> None:
     led = _open(url, "NORMAL")
     try:
         t = time.perf_counter()
         ingest.set_registry(
-            led.store, _registry(n_sites, n_countries, 1000), "bench", START, "bench"
+            led.store, _registry(n_sites, n_countries, 1000, packs), "bench", START, "bench"
         )
         total = _seed_fleet(led, n_sites, n_gpus // n_sites)
         print(
-            f"headroom on {label}: {total:,} GPUs, {n_sites:,} sites, {n_countries} countries "
-            f"(seeded in {time.perf_counter() - t:.1f} s)"
+            f"headroom on {label}: {total:,} GPUs, {n_sites:,} sites, {n_countries} countries, "
+            f"packs {', '.join(packs)} (seeded in {time.perf_counter() - t:.1f} s)"
         )
         serving_policy(led)  # as `gpucap ledger serve` does after start-up
         admin = Principal("bench", "operator", operator="root")
@@ -461,6 +472,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--http-seconds", type=float, default=10.0)
     parser.add_argument("--http-threads", type=int, default=4)
+    parser.add_argument(
+        "--rulesets",
+        default=DIFFUSION,
+        help="comma-separated packs the headroom registry evaluates (default: the Diffusion pack)",
+    )
     args = parser.parse_args(argv)
     backends = ["sqlite"] + (["postgres"] if args.pg else [])
     print(f"gpucap ledger benchmark, {os.cpu_count()} CPUs")
@@ -485,7 +501,13 @@ def main(argv: list[str] | None = None) -> int:
         for kind in backends:
             with _database(kind, args.pg) as url:
                 bench_headroom(
-                    url, kind, args.sites, args.countries, args.gpus, args.headroom_rounds
+                    url,
+                    kind,
+                    args.sites,
+                    args.countries,
+                    args.gpus,
+                    args.headroom_rounds,
+                    tuple(args.rulesets.split(",")),
                 )
     return 0
 

@@ -460,6 +460,7 @@ class _LicenceQuantity(BoundRule):
 
     def __init__(self, rule: LicenceQuantity, fleet: Fleet, as_of: date) -> None:
         self.rule, self.as_of = rule, as_of
+        self.site_entity = {s.id: s.entity for s in fleet.sites}
         self.licences: dict[str, Licence] = {}
         self.limits: dict[str, tuple[Fraction, Provenance, str | None]] = {}
         for i, lic in enumerate(fleet.licences):
@@ -508,13 +509,26 @@ class _LicenceQuantity(BoundRule):
             if isinstance(component, tuple) and value:
                 _, site_id, reason, figure = component
                 misses.setdefault((site_id, reason), {})[figure] = value
-        if misses:
-            listed = "; ".join(
-                f"site {site_id}: {int(fig.get('devices', 0)):,} devices, "
-                f"{_tpp_words(fig.get('tpp', 0))} TPP ({reason})"
-                for (site_id, reason), fig in sorted(misses.items())
+        # The licensee's own sites are named; lines of other entities naming the licence are
+        # summed without naming them: the check is the licensee's, and an entity-scoped reader
+        # of it must not learn another entity's sites.
+        own = {k: v for k, v in misses.items() if self.site_entity.get(k[0]) == lic.licensee}
+        others = [v for k, v in misses.items() if k not in own]
+        listed = [
+            f"site {site_id}: {int(fig.get('devices', 0)):,} devices, "
+            f"{_tpp_words(fig.get('tpp', 0))} TPP ({reason})"
+            for (site_id, reason), fig in sorted(own.items())
+        ]
+        if others:
+            sites = len({k[0] for k in misses if k not in own})
+            devices = sum(int(fig.get("devices", 0)) for fig in others)
+            tpp = sum((Fraction(fig.get("tpp", 0)) for fig in others), Fraction(0))
+            listed.append(
+                f"{devices:,} devices, {_tpp_words(tpp)} TPP at {sites} site(s) of other "
+                f"entities (only the licensee's devices can be covered)"
             )
-            notes.append(f"not counted, as the licence does not cover them: {listed}")
+        if listed:
+            notes.append(f"not counted, as the licence does not cover them: {'; '.join(listed)}")
         if lic.conditions:
             notes.append(f"conditions (not evaluated): {lic.conditions}")
         check = _cap(
