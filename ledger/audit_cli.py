@@ -86,6 +86,9 @@ def register(subparsers: Any) -> None:
     ex.add_argument("--ledger", help="ledger base URL (default: GPUCAP_LEDGER)")
     ex.add_argument("--rule", required=True)
     ex.add_argument("--scope", required=True, help="the check's scope, e.g. country:AE")
+    ex.add_argument(
+        "--ruleset", help="the pack whose check it is (needed only when two packs share the rule)"
+    )
     ex.add_argument("--as-of", help="date YYYY-MM-DD (default: today)")
     ex.add_argument("--known-at", help="ISO 8601 instant or log:N (default: the signed log)")
     output.add_format_flags(ex)
@@ -122,7 +125,7 @@ def _explain(args: argparse.Namespace) -> int:
     known = known_at_param(args.known_at)
     client = _client(args)
     try:
-        answer = client.explain(args.rule, args.scope, args.as_of, known)
+        answer = client.explain(args.rule, args.scope, args.as_of, known, args.ruleset)
     finally:
         client.close()
     rows = answer["contributions"]

@@ -378,10 +378,21 @@ class LedgerClient:
         return result
 
     def explain(
-        self, rule: str, scope: str, as_of: str | None = None, known_at: str | None = None
+        self,
+        rule: str,
+        scope: str,
+        as_of: str | None = None,
+        known_at: str | None = None,
+        ruleset: str | None = None,
     ) -> dict[str, Any]:
-        """GET /v1/explain: one check's contributions."""
-        given = {"rule": rule, "scope": scope, "as_of": as_of, "known_at": known_at}
+        """GET /v1/explain: one check's contributions (of `ruleset`'s check, when given)."""
+        given = {
+            "rule": rule,
+            "scope": scope,
+            "as_of": as_of,
+            "known_at": known_at,
+            "ruleset": ruleset,
+        }
         result: dict[str, Any] = self._call(
             "GET", "/v1/explain", params={k: v for k, v in given.items() if v}
         )

@@ -392,6 +392,15 @@ def test_http_and_cli_take_ruleset(db_url: str, tmp_path: Path) -> None:
         assert bad.returncode == 2
         (line,) = bad.stderr.strip().splitlines()
         assert "ruleset" in line
+        why = ("explain", "--ledger", url, "--rule", "destination_licence", "--as-of")
+        why += (AS_OF.isoformat(), "--scope", "site:acme-ae-1", "--format", "json")
+        named = gpucap(*why, "--ruleset", EAR, env=env)
+        assert named.returncode == 1, named.stderr  # the check it explains is breached
+        assert json.loads(named.stdout)["ruleset"] == EAR
+        unknown = gpucap(*why, "--ruleset", "nope", env=env)
+        assert unknown.returncode == 2  # the ledger refuses the field (422): one line
+        (line,) = unknown.stderr.strip().splitlines()
+        assert "ruleset" in line
 
 
 LICENSED = """\
