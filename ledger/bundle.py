@@ -4,7 +4,7 @@
 SHA-256 of every other file), `headroom.json` (the answer with provenance), `explain/` (one file
 per check), `devices.csv`, `entries.jsonl` (each entry the numbers depend on, with its inclusion
 proof to the bundled checkpoint), `checkpoint.txt`, `verifier-key.txt`, the file of every rule
-pack the answer evaluated, the catalogue files, and `registry.json`.
+pack the answer evaluated, the catalogue files, the country groups, and `registry.json`.
 
 `verify` trusts only the verifier key the auditor supplies and its own gpucap: the checkpoint's
 signature, each entry's inclusion proof, each rule pack and the catalogue files against gpucap's own
@@ -43,12 +43,13 @@ from gpucap.core.catalogue import Catalogue, parse_catalogue
 from gpucap.core.classify import parse_thresholds
 from gpucap.core.data import load_yaml_text
 from gpucap.core.errors import GpucapError, InputError
+from gpucap.core.groups import CountryGroups, parse_groups
 from gpucap.core.ruleset import RulePack, country_codes, load_ruleset_file, parse_ruleset
 from gpucap.ledger import log, merkle, note
 from gpucap.ledger.errors import VerificationError
 from gpucap.ledger.evaluations import Basis, fresh_view
 from gpucap.ledger.explainer import explain_answer, pack_of
-from gpucap.ledger.known import KnownAt, catalogue_paths, ruleset_path
+from gpucap.ledger.known import KnownAt, catalogue_paths, groups_path, ruleset_path
 from gpucap.ledger.record import Record, RegistryState
 from gpucap.ledger.views import parse_request_scope, require_visible
 
@@ -235,7 +236,7 @@ def verify(path: Path, key: note.Verifier) -> Outcome:
         same_gpucap = manifest.get("gpucap_version") == gpucap.__version__
         try:
             checkpoint = note.open_checkpoint(files.get("checkpoint.txt", b""), key)
-            packs, notes = _packs(files, manifest)
+            packs, notes = _packs(files, manifest, _groups(files, same_gpucap))
             catalogue = _catalogue(files, same_gpucap)
             with zf.open(_STREAMED) as stream:
                 lines = io.TextIOWrapper(stream, encoding="utf-8")
@@ -398,7 +399,7 @@ def _entries(lines: Iterable[str], checkpoint: note.Checkpoint) -> Iterator[tupl
 
 
 def _packs(
-    files: dict[str, bytes], manifest: dict[str, Any]
+    files: dict[str, bytes], manifest: dict[str, Any], groups: CountryGroups
 ) -> tuple[dict[str, RulePack], list[str]]:
     """The bundled packs, and notes. A pack that differs from gpucap's own pack of the same id
     and version is a substitution, and so is one whose digest is not the one the answer names;
@@ -413,7 +414,9 @@ def _packs(
             raise _fail(name, "missing from the bundle")
         if digests.get(pack_id) != hashlib.sha256(raw).hexdigest():
             raise _fail(name, "is not the rule pack headroom.json's provenance names")
-        pack = parse_ruleset(load_yaml_text(raw.decode("utf-8")), country_codes(), name)
+        pack = parse_ruleset(
+            load_yaml_text(raw.decode("utf-8")), country_codes(), name, groups=groups
+        )
         own_path = ruleset_path(pack.id)
         own = load_ruleset_file(own_path) if own_path.exists() else None
         if own is not None and own.version == pack.version:
@@ -426,6 +429,18 @@ def _packs(
             )
         out[pack.id] = pack
     return out, notes
+
+
+def _groups(files: dict[str, bytes], same_gpucap: bool) -> CountryGroups:
+    """The bundled country groups, which the packs are replayed with (like the catalogue, made
+    by this gpucap version, they must be this gpucap's)."""
+    name = "country-groups.yaml"
+    raw = files.get(name)
+    if raw is None:
+        raise _fail(name, "missing from the bundle")
+    if same_gpucap and raw != groups_path().read_bytes():
+        raise _fail(name, f"differs from gpucap {gpucap.__version__}'s own")
+    return parse_groups(load_yaml_text(raw.decode("utf-8")), country_codes(), name)
 
 
 def _catalogue(files: dict[str, bytes], same_gpucap: bool) -> Catalogue:
@@ -508,6 +523,7 @@ def export(
         catalogue, thresholds = catalogue_paths()
         files["catalogue.yaml"] = catalogue.read_bytes()
         files["eccn-3a090.yaml"] = thresholds.read_bytes()
+        files["country-groups.yaml"] = groups_path().read_bytes()
         manifest = _manifest(scope, requested, entity, as_of, view.basis.known_at, size)
         manifest.update(
             checkpoint_size=tree.size,

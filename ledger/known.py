@@ -126,6 +126,11 @@ def catalogue_paths() -> tuple[Path, Path]:
     return shipped("catalogue.yaml"), shipped("eccn-3a090.yaml")
 
 
+def groups_path() -> Path:
+    """The dated EAR country groups the packs' rules read."""
+    return shipped("country-groups.yaml")
+
+
 def ruleset_entry(state: RulesetState) -> dict[str, Any]:
     return {
         "id": state.id,
@@ -187,6 +192,7 @@ def provenance(
         "rulesets": [ruleset_entry(s) for s in rulesets],
         "catalogue_digest": file_digest(catalogue),
         "thresholds_digest": file_digest(thresholds),
+        "country_groups_digest": file_digest(groups_path()),
         "gpucap_version": gpucap.__version__,
         "generated_at": iso_instant(generated_at),
     }

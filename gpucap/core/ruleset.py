@@ -527,7 +527,33 @@ def _untiered(valid: frozenset[str], groups: CountryGroups) -> TierTable:
     return TierTable(valid, frozenset(), frozenset(), (), treated, None, None, tiered=False)
 
 
-def _parse_tiers(node: _Reader, valid: frozenset[str]) -> TierTable:
+def _group_tier(
+    node: _Reader, ctx: _Context
+) -> tuple[frozenset[str], list[tuple[date, frozenset[str], frozenset[str]]]]:
+    """A tier given as the union of country groups (`groups: [D:5, Macau]`): its members before
+    any dated change of those groups, and each change as (date, added, removed)."""
+    names = ctx.group_names(node, "groups")
+    if not names:
+        raise DataError(node.at("groups"), "expected at least one country group")
+    if "countries" in node.raw or "changes" in node.raw:
+        raise DataError(node.path, "give groups, or countries with changes, not both")
+    groups = ctx.groups()
+    days = sorted({d for name in names for d in groups.changes(name)})
+
+    def members(on: date) -> frozenset[str]:
+        return frozenset().union(*(groups.members(name, on) for name in names))
+
+    first = members(date.min)
+    changes, previous = [], first
+    for day in days:
+        now = members(day)
+        if now != previous:
+            changes.append((day, now - previous, previous - now))
+        previous = now
+    return first, changes
+
+
+def _parse_tiers(node: _Reader, valid: frozenset[str], ctx: _Context) -> TierTable:
     t1 = node.child("tier1")
     t3 = node.child("tier3")
     changes = []
@@ -536,6 +562,10 @@ def _parse_tiers(node: _Reader, valid: frozenset[str]) -> TierTable:
         add = item.codes("add", valid) if "add" in item.raw else frozenset()
         remove = item.codes("remove", valid) if "remove" in item.raw else frozenset()
         changes.append((item.day("date"), add, remove))
+    if "groups" in t3.raw:
+        tier3, changes = _group_tier(t3, ctx)
+    else:
+        tier3 = t3.codes("countries", valid)
     changes.sort(key=lambda c: c[0])
     treated = []
     for code, target in (node.raw.get("treated_as") or {}).items():
@@ -544,7 +574,6 @@ def _parse_tiers(node: _Reader, valid: frozenset[str]) -> TierTable:
             raise DataError(item.path, "expected {country: CODE} for a valid code")
         treated.append((code, item.text("country")))
     tier1 = t1.codes("countries", valid)
-    tier3 = t3.codes("countries", valid)
     if tier1 & tier3:
         raise DataError(node.path, f"codes in both tier 1 and tier 3: {sorted(tier1 & tier3)}")
     return TierTable(
@@ -608,7 +637,7 @@ def parse_ruleset(
         raise DataError(top.at("rules"), "rule ids must be unique")
     names_groups = any(isinstance(r, DestinationLicence | HeadquartersControl) for r in rules)
     if "tiers" in top.raw:
-        tiers = _parse_tiers(top.child("tiers"), valid_codes)
+        tiers = _parse_tiers(top.child("tiers"), valid_codes, ctx)
     else:
         tiers = _untiered(valid_codes, ctx.groups())
     licence_classes = None

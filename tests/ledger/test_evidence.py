@@ -75,7 +75,7 @@ def test_a_bundle_verifies_offline(ledger: Ledger, exported: Path) -> None:
         names = set(zf.namelist())
         manifest = json.loads(zf.read("manifest.json"))
     assert {"headroom.json", "devices.csv", "entries.jsonl", "checkpoint.txt"} <= names
-    assert {"verifier-key.txt", "registry.json", "catalogue.yaml"} <= names
+    assert {"verifier-key.txt", "registry.json", "catalogue.yaml", "country-groups.yaml"} <= names
     assert "rulesets/us-bis-ai-diffusion-2025.yaml" in names
     assert manifest["exported_by"] == "cli"
     assert set(manifest["files"]) == names - {"manifest.json"}
@@ -135,6 +135,17 @@ def _rule_pack_and_provenance(files: dict[str, bytes]) -> None:
     files["headroom.json"] = json.dumps(doc).encode()
 
 
+def _country_groups(files: dict[str, bytes]) -> None:
+    """Cambodia kept in D:5 (and so in Tier 3) after it left."""
+    raw = files["country-groups.yaml"]
+    assert b"until: 2026-02-03" in raw
+    files["country-groups.yaml"] = raw.replace(b"until: 2026-02-03", b"until: 2027-02-03", 1)
+
+
+def _no_country_groups(files: dict[str, bytes]) -> None:
+    del files["country-groups.yaml"]
+
+
 def _explain(files: dict[str, bytes]) -> None:
     name = sorted(n for n in files if n.startswith("explain/"))[0]
     doc = json.loads(files[name])
@@ -153,6 +164,8 @@ def _explain(files: dict[str, bytes]) -> None:
         (_rule_pack, "is not the rule pack headroom.json's provenance names"),
         (_rule_pack_and_provenance, "differs from gpucap's own us-bis-ai-diffusion-2025"),
         (_explain, "explain/"),
+        (_country_groups, "country-groups.yaml: differs from gpucap"),
+        (_no_country_groups, "country-groups.yaml: missing from the bundle"),
     ],
 )
 def test_tampering_is_caught_even_with_the_manifest_rewritten(
