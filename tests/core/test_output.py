@@ -18,6 +18,7 @@ import yaml
 from gpucap.cli import main
 from gpucap.core import output
 from gpucap.core.report import checks_table
+from tests.conftest import unavailable
 
 GOLDEN = Path(__file__).parent / "golden"
 COLUMNS = (("name", "name"), ("count", "count"), ("where", "where"))
@@ -47,7 +48,7 @@ def test_yaml_is_the_json_document_with_its_keys_in_order() -> None:
 
 def test_yaml_uses_libyaml_when_pyyaml_has_it() -> None:
     if not yaml.__with_libyaml__:
-        pytest.skip("PyYAML built without libyaml: the pure dumper is the only one")
+        unavailable("PyYAML built without libyaml: the pure dumper is the only one")
     assert output._DUMPER is yaml.CSafeDumper
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from gpucap.core.data import shipped
 from gpucap.demo import DemoStack
+from tests.conftest import unavailable
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +32,7 @@ def _read(path: Path) -> bytes:
 
 def test_no_token_is_on_a_command_line_or_in_an_environment(tmp_path: Path) -> None:
     if not Path("/proc/self/cmdline").exists():
-        pytest.skip("no /proc: not Linux")
+        unavailable("no /proc: not Linux")
     stack = DemoStack(state_dir=tmp_path / "demo", fleet_dir=shipped("demo"), interval_s=1.0)
     try:
         stack.start()
