@@ -22,8 +22,33 @@ from gpucap.core.report import check_to_dict, evaluation_head, ordered_checks, s
 from gpucap.ledger.views import Cut, FleetIndex, scope_parts, scoped, verdict
 
 _BODIES = 256  # cached answer bodies per document (the whole fleet's, and scoped ones)
+
 _BLOCK = 64  # sites per joined block of the whole document's JSON
 Ask = tuple[str | None, tuple[str, str] | None]  # (token entity, requested scope)
+
+
+class Bodies:
+    """Answer bodies by (entity, requested), the least recently used dropped past `limit`;
+    safe across the threads that answer requests."""
+
+    def __init__(self, limit: int = _BODIES) -> None:
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._held: OrderedDict[Ask, bytes] = OrderedDict()
+
+    def get(self, key: Ask) -> bytes | None:
+        with self._lock:
+            hit = self._held.get(key)
+            if hit is not None:
+                self._held.move_to_end(key)
+            return hit
+
+    def put(self, key: Ask, body: bytes) -> bytes:
+        with self._lock:
+            self._held[key] = body
+            while len(self._held) > self._limit:
+                self._held.popitem(last=False)
+        return body
 
 
 class Document:
@@ -45,9 +70,8 @@ class Document:
         assert len(ev.sites) == len(index.site_pos), "evaluation and index of different fleets"
         self._ev, self._index = ev, index
         self._head = evaluation_head(ev)
-        self._lock = threading.Lock()
         self._full: dict[str, Any] | None = None
-        self._bodies: OrderedDict[Ask, bytes] = OrderedDict()
+        self._bodies = Bodies()
         if prior is not None and (prior._index is not index or prior._ev.h100e_tpp != ev.h100e_tpp):
             prior = None
         if prior is not None and prior._ev.checks is ev.checks:  # the engine kept every check
@@ -118,11 +142,9 @@ class Document:
     def body(self, entity: str | None, requested: tuple[str, str] | None) -> bytes:
         """`json.dumps(self.answer(entity, requested)).encode()`, cached."""
         key: Ask = (entity, requested)
-        with self._lock:
-            hit = self._bodies.get(key)
-            if hit is not None:
-                self._bodies.move_to_end(key)
-                return hit
+        hit = self._bodies.get(key)
+        if hit is not None:
+            return hit
         if entity is None and requested is None:
             checks: Sequence[int] = range(len(self._checks))
             head = self._head
@@ -139,12 +161,7 @@ class Document:
                 pieces.append(b", ")
             pieces.append(part)
         pieces.append(b"]}")
-        out = b"".join(pieces)
-        with self._lock:
-            self._bodies[key] = out
-            while len(self._bodies) > _BODIES:
-                self._bodies.popitem(last=False)
-        return out
+        return self._bodies.put(key, b"".join(pieces))
 
     # -- selection ------------------------------------------------------------------------
     def _select(

@@ -28,7 +28,7 @@ from gpucap.core.fleet import Entity, Fleet, Line, Site
 from gpucap.core.report import document_head
 from gpucap.core.ruleset import RulePack
 from gpucap.ledger import db, heap, log
-from gpucap.ledger.documents import Document
+from gpucap.ledger.documents import Ask, Bodies, Document
 from gpucap.ledger.linecache import LineSet, read_lines
 from gpucap.ledger.settings import iso_instant
 from gpucap.ledger.store import Store
@@ -39,7 +39,6 @@ _LASTS = 16  # (date, pack) pairs whose last tally is kept to make the next vers
 _BODIES = 256  # joined answer bodies kept per view of several packs
 _SITES_MARK = b'], "sites": ['  # in a body, only ever where the checks end and the sites begin
 _KEPT_ENTRIES = 3  # entries kept per entry of a view, before they are made afresh
-Ask = tuple[str | None, tuple[str, str] | None]  # (token entity, requested scope)
 
 
 @dataclass(frozen=True)
@@ -81,9 +80,8 @@ class Answers:
         self._ids = tuple(ev.ruleset.id for ev in evaluations)
         self._head: dict[str, Any] = {}
         self._alike = True
-        self._lock = threading.Lock()
         self._full: dict[str, Any] | None = None
-        self._bodies: OrderedDict[Ask, bytes] = OrderedDict()
+        self._bodies = Bodies(_BODIES)
         # id(entry of a pack's document) -> (that entry, its entry here, its JSON or None)
         self._entries: dict[int, tuple[dict[str, Any], dict[str, Any], bytes | None]] = {}
         if len(documents) == 1:
@@ -118,11 +116,9 @@ class Answers:
         if len(self.documents) == 1:
             return self.documents[0].body(entity, requested)
         key: Ask = (entity, requested)
-        with self._lock:
-            hit = self._bodies.get(key)
-            if hit is not None:
-                self._bodies.move_to_end(key)
-                return hit
+        hit = self._bodies.get(key)
+        if hit is not None:
+            return hit
         head, checks, sites = self._parts(entity, requested)
         if self._alike:  # the first pack's sites: its document's joined JSON, uncopied
             first = self.documents[0].body(entity, requested)
@@ -142,11 +138,7 @@ class Answers:
                 b"]}",
             )
         )
-        with self._lock:
-            self._bodies[key] = out
-            while len(self._bodies) > _BODIES:
-                self._bodies.popitem(last=False)
-        return out
+        return self._bodies.put(key, out)
 
     def _parts(
         self, entity: str | None, requested: tuple[str, str] | None
